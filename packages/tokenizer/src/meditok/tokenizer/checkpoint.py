@@ -85,18 +85,26 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _torch_load(path: Path) -> object:
     is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        header = f.read(2)
+    if not is_zip and header[:1] != b"\x80":  # every torch.save output is a zip archive or a protocol-2+ pickle
+        kind = "a safetensors file? (use the .safetensors suffix)" if header[:1] in (b"\x08", b"\x00") else f"header {header!r}"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle; {kind})")
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:GLOBAL|global|Unsupported operand|Unsupported class) ([\w.]+)", str(exc))
-        what = f" (it references {found.group(1)})" if found else ""
+        message = str(exc)
+        if "weights only load failed" not in message.lower():
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (corrupt pickle: {message.splitlines()[0]})") from None
+        details = [line for line in message.splitlines()[1:] if line.strip() and "documentation" not in line]
+        reason = f" ({details[0].strip()})" if details else ""
         raise CheckpointError(
-            f"{path}: refused to load: the pickle holds objects outside the allow-list of tensors and plain "
-            f"containers{what}. Loading it could execute code. If you trust the file, convert it yourself with "
-            f"torch.load(weights_only=False) and save the state dict with safetensors."
+            f"{path}: refused to load: the pickle holds objects or instructions outside the allow-list of tensors "
+            f"and plain containers{reason}. Loading it could execute code. If you trust the file, convert it "
+            f"yourself with torch.load(weights_only=False) and save the state dict with safetensors."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch raises many types for corrupt files (RuntimeError, EOFError, KeyError, ...)
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 
 

@@ -1,0 +1,241 @@
+"""`meditok` command line: encode, decode, reconstruct, convert, info.
+
+    meditok encode scan1.png scan2.dcm --weights meditok_simple_v1.pth -o codes.npz
+    meditok decode codes.npz --weights meditok_simple_v1.pth -o recon/
+    meditok reconstruct cxr.png --weights meditok_simple_v1.pth -o recon/     # original | reconstruction PNGs + PSNR
+    meditok convert meditok_simple_v1.pth meditok-l/                          # -> config.json + model.safetensors
+    meditok info meditok-l/
+
+`codes.npz` holds one uint16 array `codes_<i>` of shape [8, h, w] per image, `names` (the source file names) and
+`format` ("meditok-codes-v1"). PNG/JPEG/TIFF/BMP are always readable; DICOM and NIfTI need `meditok-data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CODES_FORMAT = "meditok-codes-v1"
+MEDICAL_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".ima")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CLIError(Exception):
+    pass
+
+
+def read_any_image(path: Path) -> np.ndarray:
+    """A 2-D image file as a numpy array the preprocessing understands (DICOM/NIfTI through meditok-data)."""
+    if not path.is_file():
+        raise CLIError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(MEDICAL_SUFFIXES) or _looks_like_dicom(path):
+        try:
+            from meditok.data import read_image, to_display_array  # optional dependency
+        except ImportError:
+            raise CLIError(f"{path}: reading DICOM/NIfTI needs meditok-data (pip install meditok-data)") from None
+        try:
+            return to_display_array(read_image(path))
+        except Exception as exc:  # meditok-data raises MedicalImageError naming the file
+            raise CLIError(str(exc)) from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image if image.mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I") else image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise CLIError(f"{path}: not a readable image ({exc})") from None
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _load_tokenizer(args: argparse.Namespace):
+    from .api import MedITok
+
+    return MedITok.from_pretrained(args.weights, device=args.device, dtype=DTYPES[args.dtype])
+
+
+def _progress(items: Sequence, desc: str) -> Iterator:
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=desc, unit="img", disable=len(items) < 2))
+
+
+def _batches(paths: Sequence[Path], args: argparse.Namespace) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """Group consecutive images of the same preprocessed shape, so native-size images still batch when possible."""
+    from .preprocessing import preprocess
+
+    pending: list[tuple[Path, torch.Tensor]] = []
+    for path in _progress(paths, "tokenizing"):
+        tensor = preprocess(read_any_image(path), size=args.size, resize=args.resize)
+        if pending and (len(pending) == args.batch_size or pending[0][1].shape != tensor.shape):
+            yield [p for p, _ in pending], torch.cat([t for _, t in pending])
+            pending = []
+        pending.append((path, tensor))
+    if pending:
+        yield [p for p, _ in pending], torch.cat([t for _, t in pending])
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    tok = _load_tokenizer(args)
+    arrays, names = {}, []
+    for paths, batch in _batches(args.images, args):
+        grid = (batch.shape[-2] // 16, batch.shape[-1] // 16)
+        codes = tok.encode(batch).reshape(len(paths), -1, *grid)
+        for path, code in zip(paths, codes):
+            arrays[f"codes_{len(names)}"] = code.cpu().numpy().astype(np.uint16)
+            names.append(path.name)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.output, names=np.array(names), format=np.array(CODES_FORMAT), **arrays)
+    print(f"wrote codes of {len(names)} image(s) to {args.output}")
+    return 0
+
+
+def load_codes(path: Path) -> list[tuple[str, np.ndarray]]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"{path}: not a codes .npz file ({exc})") from None
+    if "format" not in data or str(data["format"]) != CODES_FORMAT or "names" not in data:
+        raise CLIError(f"{path}: not a meditok codes file (expected format {CODES_FORMAT!r}, written by `meditok encode`)")
+    names = [str(n) for n in data["names"]]
+    return [(name, data[f"codes_{i}"]) for i, name in enumerate(names)]
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .preprocessing import to_pil
+
+    items = load_codes(args.codes)
+    tok = _load_tokenizer(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for name, codes in _progress(items, "decoding"):
+        try:
+            image = tok.decode(torch.from_numpy(codes.astype(np.int64)).unsqueeze(0))
+        except ValueError as exc:
+            raise CLIError(f"{args.codes} [{name}]: {exc}") from None
+        to_pil(image)[0].save(args.output / f"{Path(name).stem}.png")
+    print(f"wrote {len(items)} image(s) to {args.output}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .preprocessing import psnr, to_uint8
+
+    tok = _load_tokenizer(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    scores = []
+    for paths, batch in _batches(args.images, args):
+        recon = tok.reconstruct(batch)
+        for path, original, rebuilt in zip(paths, batch, recon):
+            score = psnr(original.unsqueeze(0), rebuilt.unsqueeze(0))
+            scores.append(score)
+            side_by_side = np.concatenate([to_uint8(original), to_uint8(rebuilt)], axis=1)
+            out = args.output / f"{path.stem}_recon.png"
+            Image.fromarray(side_by_side).save(out)
+            print(f"{path.name}: PSNR {score:.2f} dB -> {out}")
+    if len(scores) > 1:
+        print(f"mean PSNR over {len(scores)} images: {np.mean(scores):.2f} dB")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .api import MedITok
+
+    tok = MedITok.from_pretrained(args.input)
+    tok.save_pretrained(args.output)
+    print(f"converted {args.input} ({tok.config.name}, {tok.num_parameters():,} parameters) to {args.output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .api import MedITok
+
+    tok = MedITok.from_pretrained(args.weights)
+    cfg = tok.config
+    print(f"weights:      {args.weights}")
+    print(f"config:       {cfg.name}")
+    print(f"parameters:   {tok.num_parameters():,}")
+    print(f"tensors:      {len(tok.state_dict())}")
+    print(f"trunk:        width {cfg.width}, encoder depth {cfg.encoder_depth}, decoder depth {cfg.decoder_depth}")
+    print(f"codebooks:    {cfg.num_codebooks} x {cfg.codebook_size} codes x {cfg.code_dim} dims")
+    print(f"embedding:    {cfg.embed_dim}-d, logit scale {float(tok.logit_scale.exp()):.2f}")
+    usage = ", ".join(f"{u:.1f}" for u in tok.quantizer.usage_per_codebook())
+    print(f"code usage %: {usage} (running statistic stored in the weights)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meditok", description="MedITok medical image tokenizer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--weights", "-w", type=Path, required=True, help=".pth, .safetensors or save_pretrained directory")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+
+    def image_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("images", nargs="+", type=Path)
+        p.add_argument("--size", type=int, default=256, help="square side for squash/crop/pad (multiple of 16)")
+        p.add_argument("--resize", choices=["squash", "crop", "pad", "native"], default="squash")
+        p.add_argument("--batch-size", type=int, default=4)
+
+    p = sub.add_parser("encode", help="images -> codes.npz")
+    image_options(p)
+    model_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="codes.npz -> PNG images")
+    p.add_argument("codes", type=Path)
+    model_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("reconstruct", help="images -> original | reconstruction PNGs, PSNR printed")
+    image_options(p)
+    model_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("convert", help="published .pth -> safetensors directory")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="describe a weights file")
+    p.add_argument("weights", type=Path)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("meditok: error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (CLIError, CheckpointError, ValueError, TypeError) as exc:
+        print(f"meditok: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
