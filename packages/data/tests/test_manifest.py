@@ -72,7 +72,7 @@ def test_cli_index_round_trip(tree: Path, tmp_path: Path, capsys: pytest.Capture
     printed = capsys.readouterr().out
     assert "1 skipped of 5" in printed
     rows = read_manifest(out)
-    assert len(rows) == 2 + 10 + 4  # ct + fundus, 10 MR frames, 4 MNI slices
+    assert len(rows) == 2 + 1 + 4  # ct + fundus, every 50th of 10 MR frames, of 189 MNI slices
     loaded = [load_row(r) for r in rows]
     assert loaded[-1].pixels.shape == (233, 197)
     assert all(img.num_frames == 1 for img in loaded)
@@ -120,7 +120,8 @@ def test_manifest_relative_paths_and_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "modality, caption", [("ct", "A CT image"), ("mri", "A MRI image"), ("xray", "A X-ray image"), ("dermoscopy", "A dermoscopy image")]
+    "modality, caption",
+    [("ct", "A CT image"), ("mri", "A MRI image"), ("xray", "A X-ray image"), ("dermoscopy", "A dermoscopy image")],
 )
 def test_template_captions(modality: str, caption: str) -> None:
     assert ManifestRow("x.png", modality).caption_or_template() == caption

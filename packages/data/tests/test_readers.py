@@ -70,7 +70,9 @@ def test_multiframe_mr_frames() -> None:
         read_image(dicom_file("emri_small.dcm"), frame=10)
 
 
-@pytest.mark.parametrize("name, lut_bits", [("OBXXXX1A.dcm", 16), ("gdcm-US-ALOKA-16.dcm", 16), ("examples_palette.dcm", 16)])
+@pytest.mark.parametrize(
+    "name, lut_bits", [("OBXXXX1A.dcm", 16), ("gdcm-US-ALOKA-16.dcm", 16), ("examples_palette.dcm", 16)]
+)
 def test_palette_colour_to_rgb(name: str, lut_bits: int) -> None:
     from pydicom.pixels import apply_color_lut
 
@@ -315,7 +317,9 @@ def test_medmnist_npz(tmp_path: Path) -> None:
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((28, 28))) for p in patches])
     labels = np.arange(6, dtype=np.uint8)[:, None]
     path = tmp_path / "dermamnist.npz"
-    np.savez_compressed(path, train_images=images[:4], train_labels=labels[:4], test_images=images[4:], test_labels=labels[4:])
+    np.savez_compressed(
+        path, train_images=images[:4], train_labels=labels[:4], test_images=images[4:], test_labels=labels[4:]
+    )
     image = read_image(path, index=1, split="test")
     np.testing.assert_array_equal(image.pixels, images[5])
     assert image.modality == "dermoscopy" and image.metadata["label"] == [5]

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="scan DIR (DICOM, NIfTI, images, MedMNIST NPZ) into a JSON-lines manifest")
     index.add_argument("directory", type=Path)
     index.add_argument("-o", "--output", type=Path, required=True)
-    index.add_argument("--per", choices=["slice", "volume"], default="slice", help="rows per volume slice/frame, or one per volume")
+    index.add_argument(
+        "--per", choices=["slice", "volume"], default="slice", help="rows per volume slice/frame, or one per volume"
+    )
     index.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial")
     index.add_argument("--slice-step", type=int, default=1, help="keep every k-th slice/frame")
     index.add_argument("--modality", help="force a modality (otherwise DICOM tags, then folder names)")
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("-o", "--output", type=Path, required=True)
     shard.add_argument("--shard-size", type=int, default=1000)
     shard.add_argument("--max-side", type=int, default=None, help="downscale so the longer side is at most this")
-    shard.add_argument("--resume", action="store_true", help="continue an interrupted job after its last complete shard")
+    shard.add_argument(
+        "--resume", action="store_true", help="continue an interrupted job after its last complete shard"
+    )
     shard.add_argument("--strict", action="store_true")
     shard.set_defaults(func=_cmd_shard)
 

@@ -191,7 +191,9 @@ class _ImageStream(_StreamDataset):
     def __len__(self) -> int:
         return self.shards.total if self.shards is not None else len(self.rows or [])
 
-    def _make_sample(self, image: MedicalImage, key: str, caption: str | None, stream: int, position: int) -> dict[str, Any]:
+    def _make_sample(
+        self, image: MedicalImage, key: str, caption: str | None, stream: int, position: int
+    ) -> dict[str, Any]:
         sample: dict[str, Any] = {
             "image": self.preprocess(image, self._generator(stream, position)),
             "modality": image.modality,

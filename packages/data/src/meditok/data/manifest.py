@@ -153,7 +153,9 @@ def index_file(
         resolved = hint if modality else DICOM_MODALITY.get(str(ds.get("Modality", "")).upper()) or hint or "other"
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1))
-        shape = [int(ds.Rows), int(ds.Columns)] + ([3] if samples == 3 or "PALETTE" in str(ds.get("PhotometricInterpretation", "")) else [])
+        shape = [int(ds.Rows), int(ds.Columns)] + (
+            [3] if samples == 3 or "PALETTE" in str(ds.get("PhotometricInterpretation", "")) else []
+        )
         if frames > 1 and per == "slice":
             return [ManifestRow(str(path), resolved, "frame", shape, i) for i in range(0, frames, max(1, slice_step))]
         return [ManifestRow(str(path), resolved, "image", ([frames] if frames > 1 else []) + shape)]
@@ -185,7 +187,9 @@ def index_file(
             for i in range(len(images)):
                 label = None if labels is None else np.asarray(labels[i]).tolist()
                 rows.append(
-                    ManifestRow(str(path), resolved, "npz", list(images.shape[1:]), i, split=split, extra={"label": label})
+                    ManifestRow(
+                        str(path), resolved, "npz", list(images.shape[1:]), i, split=split, extra={"label": label}
+                    )
                 )
         if not rows:
             raise MedicalImageError(path, "NPZ without MedMNIST arrays (train_images/val_images/test_images)")
@@ -295,7 +299,8 @@ def read_manifest(
                 extra = {
                     k: v
                     for k, v in record.items()
-                    if k not in ("identifier", "caption", "modality", "dataset_name", "root_dir") and v not in (None, "")
+                    if k not in ("identifier", "caption", "modality", "dataset_name", "root_dir")
+                    and v not in (None, "")
                 }
                 extra["modality_label"] = record.get("modality")
                 rows.append(

@@ -52,7 +52,7 @@ MEDMNIST_MODALITY = {
 
 
 def file_kind(path: str | Path) -> str:
-    """"dicom", "dicom_series" (a directory), "nifti", "raster", "tiff", "npz", "inv3" or "unknown"."""
+    """ "dicom", "dicom_series" (a directory), "nifti", "raster", "tiff", "npz", "inv3" or "unknown"."""
     path = Path(path)
     if path.is_dir():
         return "dicom_series"
@@ -157,7 +157,11 @@ def _decode_dicom_pixels(path: Path, ds: Any, frame: int | None) -> np.ndarray:
     except Exception as exc:
         message = str(exc)
         lowered = message.lower()
-        if "missing" in lowered and ("plugin" in lowered or "dependenc" in lowered) or "no available image handler" in lowered:
+        if (
+            "missing" in lowered
+            and ("plugin" in lowered or "dependenc" in lowered)
+            or "no available image handler" in lowered
+        ):
             raise MedicalImageError(path, f"cannot decode transfer syntax '{syntax_name}': {CODECS_HINT}") from None
         first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         raise MedicalImageError(path, f"corrupt or truncated pixel data ({syntax_name}): {first_line}") from None
@@ -256,7 +260,9 @@ def _slice_position(ds: Any) -> tuple[float, int]:
     return float(ds.get("InstanceNumber") or 0), int(ds.get("InstanceNumber") or 0)
 
 
-def read_dicom_series(directory: str | Path, *, series_uid: str | None = None, modality: str | None = None) -> MedicalVolume:
+def read_dicom_series(
+    directory: str | Path, *, series_uid: str | None = None, modality: str | None = None
+) -> MedicalVolume:
     """A directory of single-frame DICOM slices → volume sorted by ImagePositionPatient along the slice normal."""
     directory = Path(directory)
     headers: dict[str, list[tuple[tuple[float, int], Path, Any]]] = {}
@@ -349,7 +355,9 @@ def read_nifti(path: str | Path, *, modality: str | None = None) -> MedicalVolum
     if voxels.ndim == 2:
         voxels = voxels[:, :, None]
     if voxels.ndim not in (3, 4):
-        raise MedicalImageError(path, f"NIfTI with {voxels.ndim} dimensions (shape {voxels.shape}); expected 3-D or 4-D")
+        raise MedicalImageError(
+            path, f"NIfTI with {voxels.ndim} dimensions (shape {voxels.shape}); expected 3-D or 4-D"
+        )
     found = None
     if modality is None and modality_from_path(path) is None:
         # NIfTI has no modality field; air at about -1000 is the giveaway of CT.

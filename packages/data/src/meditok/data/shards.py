@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,17 @@ class ShardIndex:
         directory = Path(directory)
         index_path = directory / INDEX_NAME
         if not index_path.exists():
-            hint = " (an interrupted job: rerun `meditok-data shard ... --resume`)" if (directory / PARTIAL_INDEX_NAME).exists() else ""
+            hint = (
+                " (an interrupted job: rerun `meditok-data shard ... --resume`)"
+                if (directory / PARTIAL_INDEX_NAME).exists()
+                else ""
+            )
             raise MedicalImageError(directory, f"no {INDEX_NAME}: not a finished shard directory{hint}")
         try:
             data = json.loads(index_path.read_text())
-            return cls(directory, data["shards"], data.get("kind", "images"), data.get("skipped", 0), data.get("attempted", 0))
+            return cls(
+                directory, data["shards"], data.get("kind", "images"), data.get("skipped", 0), data.get("attempted", 0)
+            )
         except (json.JSONDecodeError, KeyError) as exc:
             raise MedicalImageError(index_path, f"corrupt shard index ({exc})") from None
 
@@ -79,7 +86,9 @@ def _to_storable(pixels: np.ndarray) -> tuple[str, bytes, int]:
         offset = 0 if low >= 0 else 32768
         if low + offset >= 0 and high + offset <= 65535:
             buffer = io.BytesIO()
-            Image.fromarray((pixels.astype(np.int32) + offset).astype(np.uint16)).save(buffer, format="PNG", compress_level=1)
+            Image.fromarray((pixels.astype(np.int32) + offset).astype(np.uint16)).save(
+                buffer, format="PNG", compress_level=1
+            )
             return "png", buffer.getvalue(), offset
     buffer = io.BytesIO()
     np.save(buffer, pixels.astype(np.float32) if pixels.dtype.kind == "f" else pixels, allow_pickle=False)
@@ -293,11 +302,17 @@ def write_code_shards(
     return sink.finish()
 
 
-def validate_codes(codes: np.ndarray, where: str, num_codebooks: int = NUM_CODEBOOKS, codebook_size: int = CODEBOOK_SIZE) -> None:
+def validate_codes(
+    codes: np.ndarray, where: str, num_codebooks: int = NUM_CODEBOOKS, codebook_size: int = CODEBOOK_SIZE
+) -> None:
     if codes.ndim not in (2, 3) or codes.shape[0] != num_codebooks:
-        raise MedicalImageError(where, f"codes of shape {tuple(codes.shape)}: expected [{num_codebooks}, h*w] or [{num_codebooks}, h, w]")
+        raise MedicalImageError(
+            where, f"codes of shape {tuple(codes.shape)}: expected [{num_codebooks}, h*w] or [{num_codebooks}, h, w]"
+        )
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
-        raise MedicalImageError(where, f"codes outside [0, {codebook_size}): min {int(codes.min())}, max {int(codes.max())}")
+        raise MedicalImageError(
+            where, f"codes outside [0, {codebook_size}): min {int(codes.min())}, max {int(codes.max())}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -310,8 +325,9 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            yield from group_by_keys(tar_file_iterator(handle))
+            files = ({**member, "__url__": str(path)} for member in tar_file_iterator(handle))
+            yield from group_by_keys(files)
     except FileNotFoundError:
         raise MedicalImageError(path, "shard file is missing") from None
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, tarfile.TarError) as exc:
         raise MedicalImageError(path, f"corrupt shard ({type(exc).__name__}: {exc})") from None

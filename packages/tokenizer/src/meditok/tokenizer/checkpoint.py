@@ -97,7 +97,7 @@ def _torch_load(path: Path) -> object:
         message = str(exc)
         if "weights only load failed" not in message.lower():
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (corrupt pickle: {message.splitlines()[0]})") from None
-        details = [line for line in message.splitlines()[1:] if line.strip() and "documentation" not in line]
+        details = [line for line in message.splitlines()[1:] if line.strip() and not any(n in line for n in ("documentation", "Please file", "Re-running"))]
         reason = f" ({details[0].strip()})" if details else ""
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds objects or instructions outside the allow-list of tensors "

@@ -35,13 +35,20 @@ def read_any_image(path: Path) -> np.ndarray:
         raise CLIError(f"{path}: no such file")
     name = path.name.lower()
     if name.endswith(MEDICAL_SUFFIXES) or _looks_like_dicom(path):
-        try:
-            from meditok.data import read_image, to_display_array  # optional dependency
+        try:  # optional dependency: the tokenizer never requires meditok-data
+            from meditok.data import normalize_intensity, read_image, read_volume
         except ImportError:
             raise CLIError(f"{path}: reading DICOM/NIfTI needs meditok-data (pip install meditok-data)") from None
         try:
-            return to_display_array(read_image(path))
-        except Exception as exc:  # meditok-data raises MedicalImageError naming the file
+            if name.endswith((".nii", ".nii.gz")):
+                volume = read_volume(path)
+                image = volume.slice(volume.voxels.shape[2] // 2)  # the middle axial slice
+            else:
+                image = read_image(path)
+                image = image.frame(0) if image.num_frames > 1 else image
+            # Modality-aware intensities (CT window, MR percentiles) in [-1,1] -> [0,1] for preprocess().
+            return (normalize_intensity(image) + 1.0) / 2.0
+        except Exception as exc:  # meditok-data's MedicalImageError already names the file and the problem
             raise CLIError(str(exc)) from None
     from PIL import Image, UnidentifiedImageError
 
@@ -173,7 +180,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tensors:      {len(tok.state_dict())}")
     print(f"trunk:        width {cfg.width}, encoder depth {cfg.encoder_depth}, decoder depth {cfg.decoder_depth}")
     print(f"codebooks:    {cfg.num_codebooks} x {cfg.codebook_size} codes x {cfg.code_dim} dims")
-    print(f"embedding:    {cfg.embed_dim}-d, logit scale {float(tok.logit_scale.exp()):.2f}")
+    print(f"embedding:    {cfg.embed_dim}-d, logit scale {float(tok.logit_scale.detach().exp()):.2f}")
     usage = ", ".join(f"{u:.1f}" for u in tok.quantizer.usage_per_codebook())
     print(f"code usage %: {usage} (running statistic stored in the weights)")
     return 0

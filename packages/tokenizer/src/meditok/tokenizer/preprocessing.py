@@ -12,7 +12,8 @@ Input policy (documented contract):
       "crop"    shorter side to `size`, then centre crop to size x size;
       "pad"     longer side to `size`, then pad to a square with black (value -1);
       "native"  keep the size, centre crop each side down to a multiple of 16 (non-square images stay non-square).
-Output: uint8 = trunc((clip(x,-1,1)+1) * 127.5), as the reference writes its PNGs.
+Output: uint8 = round((clip(x,-1,1)+1) * 127.5). (The reference truncates, which turns uint8 -> [-1,1] -> uint8
+into a lossy round trip through float error; rounding makes it exact, and differs from the reference by at most 1.)
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def preprocess_batch(images: Sequence[Image.Image | np.ndarray], size: int = 256
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[B,3,H,W] or [3,H,W] in [-1,1] -> uint8 [B,H,W,3] or [H,W,3]."""
-    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).cpu().numpy().astype(np.uint8)
+    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().cpu().numpy().astype(np.uint8)
     return np.moveaxis(array, -3, -1)
 
 

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from meditok.tokenizer import MedITok
+from meditok.tokenizer.cli import main
+from meditok.tokenizer.preprocessing import preprocess, psnr, to_uint8
+
+
+@pytest.fixture()
+def pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, shape in enumerate([(48, 40, 3), (30, 30), (64, 64, 4)]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_encode_then_decode_equals_the_api(tmp_path, pngs, tiny_weights, capsys):
+    weights = str(tiny_weights["directory"])
+    codes_file = tmp_path / "codes.npz"
+    assert main(["encode", *map(str, pngs), "--weights", weights, "--size", "32", "--batch-size", "2", "-o", str(codes_file)]) == 0
+    assert "wrote codes of 3 image(s)" in capsys.readouterr().out
+    tok = MedITok.from_pretrained(weights)
+    data = np.load(codes_file)
+    assert [str(n) for n in data["names"]] == ["img0.png", "img1.png", "img2.png"]
+    for i, path in enumerate(pngs):
+        expected = tok.encode(preprocess(Image.open(path), size=32)).reshape(8, 2, 2)
+        assert data[f"codes_{i}"].dtype == np.uint16
+        assert np.array_equal(data[f"codes_{i}"], expected.numpy())
+    out_dir = tmp_path / "decoded"
+    assert main(["decode", str(codes_file), "--weights", weights, "-o", str(out_dir)]) == 0
+    decoded = np.asarray(Image.open(out_dir / "img1.png"))
+    expected = to_uint8(tok.decode(torch.from_numpy(data["codes_1"].astype(np.int64)).unsqueeze(0)))[0]
+    assert np.array_equal(decoded, expected)
+
+
+def test_reconstruct_writes_side_by_side_and_prints_psnr(tmp_path, pngs, tiny_weights, capsys):
+    weights = str(tiny_weights["bare"])
+    assert main(["reconstruct", str(pngs[0]), "--weights", weights, "--size", "32", "-o", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    panel = np.asarray(Image.open(tmp_path / "r" / "img0_recon.png"))
+    assert panel.shape == (32, 64, 3)
+    x = preprocess(Image.open(pngs[0]), size=32)
+    recon = MedITok.from_pretrained(weights).reconstruct(x)
+    assert np.array_equal(panel[:, 32:], to_uint8(recon)[0])
+    assert f"PSNR {psnr(x, recon):.2f} dB" in out
+
+
+def test_native_size_keeps_non_square_grids(tmp_path, pngs, tiny_weights):
+    codes_file = tmp_path / "codes.npz"
+    assert main(["encode", str(pngs[0]), "--weights", str(tiny_weights["bare"]), "--resize", "native", "-o", str(codes_file)]) == 0
+    assert np.load(codes_file)["codes_0"].shape == (8, 3, 2)  # 48x40 -> 48x32 pixels -> 3x2 tokens
+    assert main(["decode", str(codes_file), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "d")]) == 0
+    assert Image.open(tmp_path / "d" / "img0.png").size == (32, 48)
+
+
+def test_convert_and_info(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", str(tiny_weights["training"]), str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    n = MedITok.from_pretrained(out).num_parameters()
+    assert f"parameters:   {n:,}" in text and "8 x 4096 codes x 8 dims" in text
+
+
+def test_errors_are_one_line_messages(tmp_path, pngs, tiny_weights, capsys):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    rc = main(["encode", str(not_image), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")])
+    assert rc == 1 and f"{not_image}: not a readable image" in capsys.readouterr().err
+    rc = main(["encode", str(tmp_path / "absent.png"), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")])
+    assert rc == 1 and "absent.png: no such file" in capsys.readouterr().err
+    bad_codes = tmp_path / "bad.npz"
+    np.savez(bad_codes, something=np.zeros(3))
+    rc = main(["decode", str(bad_codes), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "d")])
+    assert rc == 1 and "not a meditok codes file" in capsys.readouterr().err
+    rc = main(["info", str(pngs[0])])
+    assert rc == 1 and "not a PyTorch checkpoint" in capsys.readouterr().err
