@@ -38,12 +38,12 @@ def dicom_rows() -> list[ManifestRow]:
 
 
 def measure(rows: list[ManifestRow], workers: int, seconds: float, train: bool) -> dict[str, object]:
-    dataset = ImageDataset(rows, Preprocess(size=256, train=train), seed=0)
+    # A long epoch (the rows repeated) so that worker start-up is paid once, as in training.
+    dataset = ImageDataset(rows * 200, Preprocess(size=256, train=train), seed=0)
     count, start, epoch = 0, None, 0
     while True:
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=8, num_workers=workers, persistent_workers=False)
-        for batch in loader:
+        for batch in DataLoader(dataset, batch_size=8, num_workers=workers):
             if start is None:  # the first batch pays worker start-up; leave it out
                 start = time.perf_counter()
                 continue

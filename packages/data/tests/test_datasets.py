@@ -153,6 +153,7 @@ def test_resume_mid_epoch(rows: list[ManifestRow], tmp_path: Path, source_kind: 
     rest = [k for batch in resumed for k in batch["key"]]
     assert len(first) == 10
     assert Counter(first + rest) == Counter(r.key for r in rows)
+    assert Counter(k for batch in resumed for k in batch["key"]) == Counter(r.key for r in rows)  # next pass: all
 
 
 def test_shard_writer_resumes_after_interruption(rows: list[ManifestRow], tmp_path: Path) -> None:

@@ -174,3 +174,21 @@ def test_preprocess_train_random_window_changes_ct() -> None:
 def test_shorter_policy_keeps_aspect() -> None:
     image = MedicalImage(pixels=np.zeros((100, 300), np.uint8), modality="xray")
     assert Preprocess(size=50, resize="shorter")(image).shape == (3, 50, 150)
+
+
+def test_percentile_subsampling_on_large_xray() -> None:
+    image = read_image(dicom_file("RG1_UNCI.dcm"))
+    values = image.pixels.astype(np.float32)
+    fast = percentile_normalize(values)
+    exact_low, exact_high = np.percentile(values, [0.5, 99.5])
+    exact = apply_window(values, exact_low, exact_high)
+    assert np.abs(fast - exact).max() < 0.01
+
+
+def test_grayscale_geometry_on_one_channel_matches_three() -> None:
+    image = read_image(dicom_file("MR_small.dcm"))
+    out = Preprocess(size=48)(image)
+    reference = center_crop(resize_shorter_side(to_chw_tensor(normalize_intensity(image)), 48), 48)
+    assert out.shape == (3, 48, 48)
+    assert torch.allclose(out, reference, atol=1e-6)
+    assert torch.equal(out[0], out[2])

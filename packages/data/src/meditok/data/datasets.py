@@ -370,3 +370,6 @@ class ResumableLoader:
             for stream, position in pairs:
                 self._consumed[int(stream)] = max(self._consumed.get(int(stream), 0), int(position) + 1)
             yield batch
+        # A completed pass starts the next one from the beginning even if set_epoch is not called.
+        self._consumed = {}
+        self.dataset.load_state_dict(self.state_dict())

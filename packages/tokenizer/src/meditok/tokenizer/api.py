@@ -45,10 +45,22 @@ class MedITok(MedITokModel):
         The model is built on the meta device and takes the loaded tensors as they are, so loading holds one copy.
         """
         state_dict, stored_config = read_checkpoint(path)
-        cfg = get_config(config) if config is not None else stored_config or infer_config(state_dict, path)
+        return cls.from_state_dict(state_dict, config if config is not None else stored_config, device, dtype, path)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: dict[str, torch.Tensor],
+        config: str | MedITokConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str | os.PathLike = "<state dict>",
+    ) -> MedITok:
+        """Build from a core state dict in memory (strict: every key and shape must match)."""
+        cfg = get_config(config) if config is not None else infer_config(state_dict, source)
         with torch.device("meta"):
             model = cls(cfg)
-        compare_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict, path)
+        compare_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict, source)
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.to_inference(device, dtype)
 

@@ -1,0 +1,173 @@
+"""Tokenizer speed and memory at full size (meditok-l): encode and decode images/s, and peak memory.
+
+    python benchmarks/tokenizer_speed.py                          # CPU, fp32, B=1,2,4 at 256x256 (~4 min on 2 cores)
+    python benchmarks/tokenizer_speed.py --weights meditok_simple_v1.pth --device cuda --dtype bfloat16
+
+Without --weights the script writes deterministic full-size weights in the published format (a bare torch.save
+state dict, 2.8 GB) to a temporary folder, so the numbers include the real loading path. Peak RSS is measured in a
+fresh process that loads that `.pth` and runs one B=2 batch, which is what a user's script does. Results are
+printed and written into BENCHMARKS.md (section "meditok-tokenizer speed") with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "meditok-tokenizer speed"
+
+
+def write_published_format_weights(path: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "packages/tokenizer/tests"))
+    from reference_weights import seeded_state_dict
+
+    torch.save(seeded_state_dict(), path)
+    return path
+
+
+def measure_rss(weights: Path, device: str, dtype: str, size: int) -> dict:
+    """Peak RSS (and GPU memory) of a fresh process: load the .pth, encode+decode one B=2 batch."""
+    code = f"""
+import resource, json, torch
+from meditok.tokenizer import MedITok
+tok = MedITok.from_pretrained({str(weights)!r}, device={device!r}, dtype=getattr(torch, {dtype!r}))
+x = torch.rand(2, 3, {size}, {size}) * 2 - 1
+tok.decode(tok.encode(x))
+gpu = torch.cuda.max_memory_allocated() / 2**30 if {device!r}.startswith("cuda") else None
+print(json.dumps({{"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_gpu_gib": gpu}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_batches(tok, batch_sizes: list[int], size: int, repeats: int, device: str) -> list[dict]:
+    from tqdm import tqdm
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    rows = []
+    for batch in tqdm(batch_sizes, desc="batch sizes"):
+        x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+        codes = tok.encode(x)
+        tok.decode(codes)  # warm-up: allocator, oneDNN/cuDNN primitive selection
+        enc, dec = [], []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            codes = tok.encode(x)
+            sync()
+            t1 = time.perf_counter()
+            tok.decode(codes)
+            sync()
+            t2 = time.perf_counter()
+            enc.append(t1 - t0)
+            dec.append(t2 - t1)
+        e, d = statistics.median(enc), statistics.median(dec)
+        rows.append({"batch": batch, "encode_s": e, "decode_s": d, "encode_img_s": batch / e, "decode_img_s": batch / d,
+                     "encode_decode_s": e + d})
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def render(results: dict) -> str:
+    lines = [
+        f"## {SECTION}",
+        "",
+        f"`{results['command']}` — {results['date']}, {results['machine']}. meditok-l ({results['parameters']:,} "
+        f"parameters), {results['dtype']}, {results['size']}x{results['size']}, median of {results['repeats']} runs "
+        f"after a warm-up, under torch.inference_mode.",
+        "",
+        "| batch | encode s | decode s | encode+decode s | encode img/s | decode img/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(f"| {r['batch']} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | {r['encode_decode_s']:.2f} | "
+                     f"{r['encode_img_s']:.2f} | {r['decode_img_s']:.2f} |")
+    mem = results["memory"]
+    lines += ["", f"Peak RSS of a fresh process that loads the published-format `.pth` (2.8 GB) and encodes+decodes one "
+              f"B=2 batch: **{mem['peak_rss_gib']:.2f} GiB**" + (f"; peak GPU memory {mem['peak_gpu_gib']:.2f} GiB" if mem.get('peak_gpu_gib') else "") + "."]
+    if results.get("reference"):
+        ref = results["reference"]
+        lines += ["", "Against the reference implementation (github Masaaki-75/meditok, built outside this repo with timm 1.0.8, "
+                  f"same machine, same weights): {ref}"]
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_md(section_text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured numbers, each with its command, machine and date.\n"
+    start = text.find(f"## {SECTION}")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section_text + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section_text
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, help="published-format .pth (default: write seeded full-size weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference-note", default="", help="text comparing with the reference, added to the report")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+
+    from meditok.tokenizer import MedITok
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.weights or write_published_format_weights(Path(tmp) / "meditok_seeded.pth")
+        memory = measure_rss(weights, args.device, args.dtype, args.size)
+        tok = MedITok.from_pretrained(weights, device=args.device, dtype=getattr(torch, args.dtype))
+        rows = time_batches(tok, args.batch_sizes, args.size, args.repeats, args.device)
+    results = {
+        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0], *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "parameters": tok.num_parameters(),
+        "dtype": args.dtype,
+        "size": args.size,
+        "repeats": args.repeats,
+        "rows": rows,
+        "memory": memory,
+        "reference": args.reference_note,
+        "peak_rss_self_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    print(json.dumps(results, indent=2))
+    if not args.no_write:
+        update_benchmarks_md(render(results))
+
+
+if __name__ == "__main__":
+    main()
