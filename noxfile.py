@@ -54,6 +54,8 @@ def test(session: nox.Session, package: str) -> None:
     _install_package(session, package)
     if package == "tokenizer":
         session.run("python", str(ROOT / "packages/tokenizer/tests/check_standalone.py"), *FORBIDDEN_IN_TOKENIZER)
+        # After proving the standalone install, add meditok-data: the CLI's optional DICOM/NIfTI path is tested too.
+        session.install(str(ROOT / "packages/data"))
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "DS_ACCELERATOR": "cpu"}
     training_tests = ROOT / "packages/tokenizer/tests/training"
     if package == "tokenizer":

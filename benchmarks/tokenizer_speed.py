@@ -2,6 +2,11 @@
 
     python benchmarks/tokenizer_speed.py                          # CPU, fp32, B=1,2,4 at 256x256 (~4 min on 2 cores)
     python benchmarks/tokenizer_speed.py --weights meditok_simple_v1.pth --device cuda --dtype bfloat16
+    python benchmarks/tokenizer_speed.py --reference-src ~/meditok_ref --reference-python ~/ref-venv/bin/python
+
+With --reference-src (a checkout of github Masaaki-75/meditok, run with an interpreter that has its requirements,
+timm 1.0.8 and torchvision; never part of this repo) the reference's img_to_idx + idx_to_img are timed on the same
+weights and batch in a subprocess, between two runs of ours, and its fresh-process peak RSS is recorded too.
 
 Without --weights the script writes deterministic full-size weights in the published format (a bare torch.save
 state dict, 2.8 GB) to a temporary folder, so the numbers include the real loading path. Peak RSS is measured in a
@@ -53,6 +58,39 @@ print(json.dumps({{"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_m
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+REFERENCE_CODE = """
+import json, resource, sys, time, torch
+sys.path.insert(0, {src!r})
+from models.meditok import build_meditok
+torch.set_num_threads({threads})
+t0 = time.perf_counter()
+model = build_meditok(ckpt_path={weights!r}).eval()
+load = time.perf_counter() - t0
+x = torch.rand({batch}, 3, {size}, {size}, generator=torch.Generator().manual_seed({batch})) * 2 - 1
+runs = []
+with torch.no_grad():
+    model.idx_to_img(model.img_to_idx(x))
+    for _ in range({repeats}):
+        w0, c0 = time.perf_counter(), time.process_time()
+        codes = model.img_to_idx(x)
+        w1 = time.perf_counter()
+        model.idx_to_img(codes)
+        runs.append((w1 - w0, time.perf_counter() - w1, time.process_time() - c0))
+print(json.dumps({{"load_s": load, "runs": runs, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+
+
+def time_reference(python: str, src: Path, weights: Path, batch: int, size: int, repeats: int) -> dict:
+    code = REFERENCE_CODE.format(
+        src=str(src), weights=str(weights), batch=batch, size=size, repeats=repeats, threads=torch.get_num_threads()
+    )
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data["encode_decode_s"] = statistics.median(r[0] + r[1] for r in data["runs"])
+    data["cpu_s"] = statistics.median(r[2] for r in data["runs"])
+    return data
+
+
 def time_batches(tok, batch_sizes: list[int], size: int, repeats: int, device: str) -> list[dict]:
     from tqdm import tqdm
 
@@ -65,9 +103,10 @@ def time_batches(tok, batch_sizes: list[int], size: int, repeats: int, device: s
         x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)) * 2 - 1
         codes = tok.encode(x)
         tok.decode(codes)  # warm-up: allocator, oneDNN/cuDNN primitive selection
-        enc, dec = [], []
+        enc, dec, cpu = [], [], []
         for _ in range(repeats):
             sync()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             codes = tok.encode(x)
             sync()
@@ -75,11 +114,21 @@ def time_batches(tok, batch_sizes: list[int], size: int, repeats: int, device: s
             tok.decode(codes)
             sync()
             t2 = time.perf_counter()
+            cpu.append(time.process_time() - c0)
             enc.append(t1 - t0)
             dec.append(t2 - t1)
         e, d = statistics.median(enc), statistics.median(dec)
-        rows.append({"batch": batch, "encode_s": e, "decode_s": d, "encode_img_s": batch / e, "decode_img_s": batch / d,
-                     "encode_decode_s": e + d})
+        rows.append(
+            {
+                "batch": batch,
+                "encode_s": e,
+                "decode_s": d,
+                "encode_img_s": batch / e,
+                "decode_img_s": batch / d,
+                "encode_decode_s": statistics.median(a + b for a, b in zip(enc, dec)),
+                "cpu_s": statistics.median(cpu),
+            }
+        )
     return rows
 
 
@@ -108,21 +157,35 @@ def render(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        lines.append(f"| {r['batch']} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | {r['encode_decode_s']:.2f} | "
-                     f"{r['encode_img_s']:.2f} | {r['decode_img_s']:.2f} |")
+        lines.append(
+            f"| {r['batch']} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | {r['encode_decode_s']:.2f} | "
+            f"{r['encode_img_s']:.2f} | {r['decode_img_s']:.2f} |"
+        )
     mem = results["memory"]
-    lines += ["", f"Peak RSS of a fresh process that loads the published-format `.pth` (2.8 GB) and encodes+decodes one "
-              f"B=2 batch: **{mem['peak_rss_gib']:.2f} GiB**" + (f"; peak GPU memory {mem['peak_gpu_gib']:.2f} GiB" if mem.get('peak_gpu_gib') else "") + "."]
+    lines += [
+        "",
+        f"Peak RSS of a fresh process that loads the published-format `.pth` (2.8 GB) and encodes+decodes one "
+        f"B=2 batch: **{mem['peak_rss_gib']:.2f} GiB**"
+        + (f"; peak GPU memory {mem['peak_gpu_gib']:.2f} GiB" if mem.get("peak_gpu_gib") else "")
+        + ".",
+    ]
     if results.get("reference"):
         ref = results["reference"]
-        lines += ["", "Against the reference implementation (github Masaaki-75/meditok, built outside this repo with timm 1.0.8, "
-                  f"same machine, same weights): {ref}"]
+        lines += [
+            "",
+            "Against the reference implementation (github Masaaki-75/meditok, built outside this repo with timm 1.0.8, "
+            f"same machine, same weights): {ref}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def update_benchmarks_md(section_text: str) -> None:
     path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured numbers, each with its command, machine and date.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nMeasured numbers, each with its command, machine and date.\n"
+    )
     start = text.find(f"## {SECTION}")
     if start >= 0:
         end = text.find("\n## ", start + 1)
@@ -140,7 +203,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-note", default="", help="text comparing with the reference, added to the report")
+    parser.add_argument("--reference-src", type=Path, help="checkout of the reference repo (outside this repo)")
+    parser.add_argument("--reference-python", default=sys.executable, help="interpreter with the reference's deps")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -149,10 +213,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights or write_published_format_weights(Path(tmp) / "meditok_seeded.pth")
         memory = measure_rss(weights, args.device, args.dtype, args.size)
+        t0 = time.perf_counter()
         tok = MedITok.from_pretrained(weights, device=args.device, dtype=getattr(torch, args.dtype))
+        load_s = time.perf_counter() - t0
         rows = time_batches(tok, args.batch_sizes, args.size, args.repeats, args.device)
+        reference, around = None, []
+        if args.reference_src:
+            compare_batch = 2 if 2 in args.batch_sizes else args.batch_sizes[0]
+            before = next(r for r in rows if r["batch"] == compare_batch)
+            reference = time_reference(
+                args.reference_python, args.reference_src, weights, compare_batch, args.size, args.repeats
+            )
+            after = time_batches(tok, [compare_batch], args.size, args.repeats, args.device)[0]
+            around = [
+                {
+                    **before,
+                    "encode_decode_s": statistics.median([before["encode_decode_s"], after["encode_decode_s"]]),
+                    "cpu_s": statistics.median([before["cpu_s"], after["cpu_s"]]),
+                }
+            ]
     results = {
-        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0], *sys.argv[1:]]),
+        "command": "python "
+        + " ".join(
+            [
+                str(Path(sys.argv[0]).relative_to(ROOT))
+                if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
+                else sys.argv[0],
+                *sys.argv[1:],
+            ]
+        ),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "parameters": tok.num_parameters(),
@@ -161,7 +250,9 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
         "memory": memory,
-        "reference": args.reference_note,
+        "load_s": load_s,
+        "reference": reference,
+        "rows_around_reference": around,
         "peak_rss_self_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     print(json.dumps(results, indent=2))

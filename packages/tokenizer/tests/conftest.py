@@ -20,9 +20,15 @@ def tiny_weights(tmp_path_factory, tiny) -> dict:
     torch.save(core, bare)
     training = root / "training_ckpt.pth"
     wrapper = {f"core.{k}": v for k, v in core.items()}
-    wrapper.update({"text_encoder.proj.weight": torch.zeros(4, 4), "text_fc_norm.weight": torch.ones(8),
-                    "text_fc_norm.bias": torch.zeros(8), "text_projection.weight": torch.zeros(8, 8),
-                    "text_projection.bias": torch.zeros(8)})
+    wrapper.update(
+        {
+            "text_encoder.proj.weight": torch.zeros(4, 4),
+            "text_fc_norm.weight": torch.ones(8),
+            "text_fc_norm.bias": torch.zeros(8),
+            "text_projection.weight": torch.zeros(8, 8),
+            "text_projection.bias": torch.zeros(8),
+        }
+    )
     torch.save(
         {
             "args": {"dtype": torch.bfloat16, "lr": 5e-4, "local_bs": 2, "betas": (0.9, 0.95)},

@@ -68,7 +68,9 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny):
 
 
 def test_shape_mismatch_against_requested_config(tiny_weights):
-    with pytest.raises(CheckpointError, match=r"shape mismatches: encoder.pos_embed: checkpoint \(1, 1, 128\) vs model \(1, 1, 256\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatches: encoder.pos_embed: checkpoint \(1, 1, 128\) vs model \(1, 1, 256\)"
+    ):
         MedITok.from_pretrained(tiny_weights["bare"], config="small")
 
 

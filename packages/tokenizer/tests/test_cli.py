@@ -22,7 +22,23 @@ def pngs(tmp_path):
 def test_encode_then_decode_equals_the_api(tmp_path, pngs, tiny_weights, capsys):
     weights = str(tiny_weights["directory"])
     codes_file = tmp_path / "codes.npz"
-    assert main(["encode", *map(str, pngs), "--weights", weights, "--size", "32", "--batch-size", "2", "-o", str(codes_file)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                *map(str, pngs),
+                "--weights",
+                weights,
+                "--size",
+                "32",
+                "--batch-size",
+                "2",
+                "-o",
+                str(codes_file),
+            ]
+        )
+        == 0
+    )
     assert "wrote codes of 3 image(s)" in capsys.readouterr().out
     tok = MedITok.from_pretrained(weights)
     data = np.load(codes_file)
@@ -52,7 +68,21 @@ def test_reconstruct_writes_side_by_side_and_prints_psnr(tmp_path, pngs, tiny_we
 
 def test_native_size_keeps_non_square_grids(tmp_path, pngs, tiny_weights):
     codes_file = tmp_path / "codes.npz"
-    assert main(["encode", str(pngs[0]), "--weights", str(tiny_weights["bare"]), "--resize", "native", "-o", str(codes_file)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(pngs[0]),
+                "--weights",
+                str(tiny_weights["bare"]),
+                "--resize",
+                "native",
+                "-o",
+                str(codes_file),
+            ]
+        )
+        == 0
+    )
     assert np.load(codes_file)["codes_0"].shape == (8, 3, 2)  # 48x40 -> 48x32 pixels -> 3x2 tokens
     assert main(["decode", str(codes_file), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "d")]) == 0
     assert Image.open(tmp_path / "d" / "img0.png").size == (32, 48)
@@ -73,7 +103,9 @@ def test_errors_are_one_line_messages(tmp_path, pngs, tiny_weights, capsys):
     not_image.write_text("not an image")
     rc = main(["encode", str(not_image), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")])
     assert rc == 1 and f"{not_image}: not a readable image" in capsys.readouterr().err
-    rc = main(["encode", str(tmp_path / "absent.png"), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")])
+    rc = main(
+        ["encode", str(tmp_path / "absent.png"), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")]
+    )
     assert rc == 1 and "absent.png: no such file" in capsys.readouterr().err
     bad_codes = tmp_path / "bad.npz"
     np.savez(bad_codes, something=np.zeros(3))
@@ -81,3 +113,30 @@ def test_errors_are_one_line_messages(tmp_path, pngs, tiny_weights, capsys):
     assert rc == 1 and "not a meditok codes file" in capsys.readouterr().err
     rc = main(["info", str(pngs[0])])
     assert rc == 1 and "not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_dicom_and_nifti_through_meditok_data(tmp_path, tiny_weights, capsys):
+    from meditok.data import normalize_intensity, read_image
+    from meditok.data.samples import sample_paths
+
+    ct_dicom = next(p for p in sample_paths("ct") if p.name == "693_UNCI.dcm" or p.suffix == ".dcm")
+    mri_nifti = next(p for p in sample_paths("mri") if p.name.endswith(".nii.gz"))
+    out = tmp_path / "r"
+    args = ["reconstruct", str(ct_dicom), str(mri_nifti), "--weights", str(tiny_weights["bare"]), "--size", "64", "-o", str(out)]
+    assert main(args) == 0
+    assert "mean PSNR over 2 images" in capsys.readouterr().out
+    panel = np.asarray(Image.open(out / f"{ct_dicom.stem}_recon.png"))
+    assert panel.shape == (64, 128, 3)
+    # The left half is the CT windowed by meditok-data (not a raw min-max of the stored integers).
+    expected = preprocess((normalize_intensity(read_image(ct_dicom)) + 1) / 2, size=64)
+    assert np.array_equal(panel[:, :64], to_uint8(expected)[0])
+
+
+def test_dicom_without_meditok_data_names_the_package(tmp_path, tiny_weights, monkeypatch, capsys):
+    import sys
+
+    fake = tmp_path / "scan.dcm"
+    fake.write_bytes(b"\0" * 128 + b"DICM")
+    monkeypatch.setitem(sys.modules, "meditok.data", None)
+    assert main(["encode", str(fake), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")]) == 1
+    assert "needs meditok-data (pip install meditok-data)" in capsys.readouterr().err

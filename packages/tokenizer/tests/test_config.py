@@ -1,9 +1,8 @@
 import pytest
 import torch
+from reference_weights import key_shapes
 
 from meditok.tokenizer import CONFIGS, MedITok, MedITokConfig, get_config, infer_config
-
-from reference_weights import key_shapes
 
 
 def test_full_config_matches_published_keys_shapes_and_order():

@@ -104,8 +104,13 @@ def test_training_forward_gradients_reach_encoder_codebooks_and_decoder(images):
     assert out["reconstruction"].shape == images.shape
     loss = F.mse_loss(out["reconstruction"], images) + out["vq_loss"] + out["embedding"].sum()
     loss.backward()
-    for name in ("encoder.patch_embed.backbone.stem.conv1.weight", "quant_proj.proj.weight",
-                 "quantizer.codebooks.3.codebook.weight", "decoder.up_conv4.conv2.weight", "projection.weight"):
+    for name in (
+        "encoder.patch_embed.backbone.stem.conv1.weight",
+        "quant_proj.proj.weight",
+        "quantizer.codebooks.3.codebook.weight",
+        "decoder.up_conv4.conv2.weight",
+        "projection.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert model.encoder.pos_embed.grad is None

@@ -54,7 +54,12 @@ def test_squash_matches_the_reference_pil_lanczos_resize():
 
 @pytest.mark.parametrize(
     ("shape", "resize", "out"),
-    [((40, 80), "crop", (32, 32)), ((40, 80), "pad", (32, 32)), ((40, 80), "squash", (32, 32)), ((40, 90), "native", (32, 80))],
+    [
+        ((40, 80), "crop", (32, 32)),
+        ((40, 80), "pad", (32, 32)),
+        ((40, 80), "squash", (32, 32)),
+        ((40, 90), "native", (32, 80)),
+    ],
 )
 def test_resize_policies_shapes(shape, resize, out):
     assert preprocess(np.full(shape, 128, np.uint8), size=32, resize=resize).shape[-2:] == out

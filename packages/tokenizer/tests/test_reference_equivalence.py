@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_weights import seeded_state_dict
 from safetensors.torch import load_file
 
 from meditok.tokenizer import MedITok
-from reference_weights import seeded_state_dict
 
 GOLDEN = Path(__file__).parent / "data" / "reference_outputs_seeded_128.safetensors"
 

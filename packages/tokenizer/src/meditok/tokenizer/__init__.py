@@ -1,9 +1,9 @@
 """meditok.tokenizer: the MedITok medical image tokenizer (encoder, multi-codebook quantizer, decoder, semantic head).
 
-    from meditok.tokenizer import MedITok
-    tok = MedITok.from_pretrained("meditok_simple_v1.pth")
-    codes = tok.encode(x)            # [B,3,H,W] in [-1,1] -> int64 [B, 8, H/16 * W/16]
-    x_hat = tok.decode(codes)        # -> [B,3,H,W] in [-1,1]
+from meditok.tokenizer import MedITok
+tok = MedITok.from_pretrained("meditok_simple_v1.pth")
+codes = tok.encode(x)            # [B,3,H,W] in [-1,1] -> int64 [B, 8, H/16 * W/16]
+x_hat = tok.decode(codes)        # -> [B,3,H,W] in [-1,1]
 """
 
 from .api import MedITok

@@ -115,7 +115,9 @@ class MedITok(MedITokModel):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor [B,3,H,W] in [-1,1], got {type(x).__name__}")
         if x.ndim == 3:
-            raise ValueError(f"expected a batch [B,3,H,W], got shape {tuple(x.shape)}; use x.unsqueeze(0) for one image")
+            raise ValueError(
+                f"expected a batch [B,3,H,W], got shape {tuple(x.shape)}; use x.unsqueeze(0) for one image"
+            )
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape [B,3,H,W], got {tuple(x.shape)} (3 channels are required)")
         height, width = x.shape[-2:]

@@ -88,7 +88,11 @@ def _torch_load(path: Path) -> object:
     with open(path, "rb") as f:
         header = f.read(2)
     if not is_zip and header[:1] != b"\x80":  # every torch.save output is a zip archive or a protocol-2+ pickle
-        kind = "a safetensors file? (use the .safetensors suffix)" if header[:1] in (b"\x08", b"\x00") else f"header {header!r}"
+        kind = (
+            "a safetensors file? (use the .safetensors suffix)"
+            if header[:1] in (b"\x08", b"\x00")
+            else f"header {header!r}"
+        )
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle; {kind})")
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
@@ -96,8 +100,14 @@ def _torch_load(path: Path) -> object:
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "weights only load failed" not in message.lower():
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (corrupt pickle: {message.splitlines()[0]})") from None
-        details = [line for line in message.splitlines()[1:] if line.strip() and not any(n in line for n in ("documentation", "Please file", "Re-running"))]
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (corrupt pickle: {message.splitlines()[0]})"
+            ) from None
+        details = [
+            line
+            for line in message.splitlines()[1:]
+            if line.strip() and not any(n in line for n in ("documentation", "Please file", "Re-running"))
+        ]
         reason = f" ({details[0].strip()})" if details else ""
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds objects or instructions outside the allow-list of tensors "
@@ -151,9 +161,16 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], source: str | Path = "<
     config = MedITokConfig(
         name="inferred",
         stem_width=shape(prefix + "stem.conv1.weight")[0],
-        stage_widths=(shape(prefix + "stages.0.0.conv3_1x1.weight")[0], shape(prefix + "stages.1.0.conv3_1x1.weight")[0]),
-        stage_depths=(count(r"encoder\.patch_embed\.backbone\.stages\.0\.(\d+)\."), count(r"encoder\.patch_embed\.backbone\.stages\.1\.(\d+)\.")),
-        conv_expand_ratio=shape(prefix + "stages.0.0.conv1_1x1.weight")[0] / shape(prefix + "stages.0.0.conv3_1x1.weight")[0],
+        stage_widths=(
+            shape(prefix + "stages.0.0.conv3_1x1.weight")[0],
+            shape(prefix + "stages.1.0.conv3_1x1.weight")[0],
+        ),
+        stage_depths=(
+            count(r"encoder\.patch_embed\.backbone\.stages\.0\.(\d+)\."),
+            count(r"encoder\.patch_embed\.backbone\.stages\.1\.(\d+)\."),
+        ),
+        conv_expand_ratio=shape(prefix + "stages.0.0.conv1_1x1.weight")[0]
+        / shape(prefix + "stages.0.0.conv3_1x1.weight")[0],
         width=width,
         encoder_depth=count(r"encoder\.blocks\.(\d+)\."),
         decoder_depth=count(r"decoder\.blocks\.(\d+)\."),
@@ -171,7 +188,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], source: str | Path = "<
     return config
 
 
-def compare_keys(expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
+def compare_keys(
+    expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], source: str | Path
+) -> None:
     """Raise one error that lists every missing, unexpected and mis-shaped key."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -182,7 +201,11 @@ def compare_keys(expected: Mapping[str, torch.Size], state_dict: Mapping[str, to
     ]
     if missing or unexpected or mismatched:
         parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"{len(items)} {label}: {shown}")

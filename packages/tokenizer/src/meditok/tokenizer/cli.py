@@ -55,7 +55,9 @@ def read_any_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image if image.mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I") else image.convert("RGB"))
+            return np.asarray(
+                image if image.mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I") else image.convert("RGB")
+            )
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise CLIError(f"{path}: not a readable image ({exc})") from None
 
@@ -117,7 +119,9 @@ def load_codes(path: Path) -> list[tuple[str, np.ndarray]]:
     except (OSError, ValueError) as exc:
         raise CLIError(f"{path}: not a codes .npz file ({exc})") from None
     if "format" not in data or str(data["format"]) != CODES_FORMAT or "names" not in data:
-        raise CLIError(f"{path}: not a meditok codes file (expected format {CODES_FORMAT!r}, written by `meditok encode`)")
+        raise CLIError(
+            f"{path}: not a meditok codes file (expected format {CODES_FORMAT!r}, written by `meditok encode`)"
+        )
     names = [str(n) for n in data["names"]]
     return [(name, data[f"codes_{i}"]) for i, name in enumerate(names)]
 
@@ -191,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--weights", "-w", type=Path, required=True, help=".pth, .safetensors or save_pretrained directory")
+        p.add_argument(
+            "--weights", "-w", type=Path, required=True, help=".pth, .safetensors or save_pretrained directory"
+        )
         p.add_argument("--device", default="cpu")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
 

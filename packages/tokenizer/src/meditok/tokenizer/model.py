@@ -263,14 +263,19 @@ class Upsample2d(nn.Module):
         w = self.conv.weight
         # Rows (and likewise columns) of output phase 0 read input offsets {-1, 0} with taps {w0, w1 + w2};
         # phase 1 reads {0, +1} with taps {w0 + w1, w2}.
-        rows = (torch.stack((w[:, :, 0], w[:, :, 1] + w[:, :, 2]), 2), torch.stack((w[:, :, 0] + w[:, :, 1], w[:, :, 2]), 2))
+        rows = (
+            torch.stack((w[:, :, 0], w[:, :, 1] + w[:, :, 2]), 2),
+            torch.stack((w[:, :, 0] + w[:, :, 1], w[:, :, 2]), 2),
+        )
         padded = F.pad(x, (1, 1, 1, 1))
         height, width = x.shape[-2:]
         phases = []
         for a, w_rows in enumerate(rows):
             for b in range(2):
                 cols = w_rows[..., 0:1], w_rows[..., 1:2], w_rows[..., 2:3]
-                kernel = torch.cat((cols[0], cols[1] + cols[2]), 3) if b == 0 else torch.cat((cols[0] + cols[1], cols[2]), 3)
+                kernel = (
+                    torch.cat((cols[0], cols[1] + cols[2]), 3) if b == 0 else torch.cat((cols[0] + cols[1], cols[2]), 3)
+                )
                 window = padded[:, :, a : a + height + 1, b : b + width + 1]
                 phases.append(F.conv2d(window, kernel, self.conv.bias))
         out = torch.stack(phases, dim=2)  # [B, C, 4, h, w], phase index = 2a + b
@@ -321,7 +326,10 @@ class Decoder(nn.Module):
         wide, narrow = cfg.stage_widths[1], cfg.stage_widths[0]
         self.up_conv1 = Upsample2d(cfg.width, wide)
         self.up_conv2 = nn.Sequential(
-            *[InvMBConvBlock(wide, wide, cfg.expanded(wide), upsample=i == 0) for i in range(cfg.decoder_conv_depths[0])]
+            *[
+                InvMBConvBlock(wide, wide, cfg.expanded(wide), upsample=i == 0)
+                for i in range(cfg.decoder_conv_depths[0])
+            ]
         )
         self.up_conv3 = nn.Sequential(
             *[
@@ -356,7 +364,9 @@ class MedITokModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.encoder = Encoder(cfg)
         self.quant_proj = AttnProjection(cfg.width, cfg.latent_dim, cfg.projection_heads)
-        self.quantizer = MultiCodebookQuantizer(cfg.num_codebooks, cfg.codebook_size, cfg.latent_dim, cfg.commitment_beta)
+        self.quantizer = MultiCodebookQuantizer(
+            cfg.num_codebooks, cfg.codebook_size, cfg.latent_dim, cfg.commitment_beta
+        )
         self.post_quant_proj = AttnProjection(cfg.latent_dim, cfg.width, cfg.projection_heads)
         self.decoder = Decoder(cfg)
         self.fc_norm = nn.LayerNorm(cfg.width, eps=1e-6)

@@ -53,7 +53,10 @@ def _as_float_rgb(image: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
     elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         array = array.astype(np.float64)
         low, high = float(array.min()), float(array.max())
-        scaled, eight_bit = ((array - low) / (high - low) if high > low else np.zeros_like(array)).astype(np.float32), False
+        scaled, eight_bit = (
+            ((array - low) / (high - low) if high > low else np.zeros_like(array)).astype(np.float32),
+            False,
+        )
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ValueError("image contains NaN or infinite values")
@@ -72,7 +75,8 @@ def _resize(rgb: np.ndarray, eight_bit: bool, width: int, height: int) -> np.nda
         pil = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
         return np.asarray(pil.resize((width, height), Image.LANCZOS), dtype=np.float32) / 255.0
     channels = [
-        np.asarray(Image.fromarray(rgb[..., c]).resize((width, height), Image.LANCZOS), dtype=np.float32) for c in range(3)
+        np.asarray(Image.fromarray(rgb[..., c]).resize((width, height), Image.LANCZOS), dtype=np.float32)
+        for c in range(3)
     ]
     return np.clip(np.stack(channels, axis=2), 0.0, 1.0)
 
@@ -82,9 +86,7 @@ def _center_crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return rgb[top : top + height, left : left + width]
 
 
-def preprocess(
-    image: Image.Image | np.ndarray, size: int = 256, resize: ResizePolicy = "squash"
-) -> torch.Tensor:
+def preprocess(image: Image.Image | np.ndarray, size: int = 256, resize: ResizePolicy = "squash") -> torch.Tensor:
     """One image -> float32 [1,3,H,W] in [-1,1] (see the module docstring for the policy)."""
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
@@ -113,7 +115,9 @@ def preprocess(
     return tensor * 2.0 - 1.0
 
 
-def preprocess_batch(images: Sequence[Image.Image | np.ndarray], size: int = 256, resize: ResizePolicy = "squash") -> torch.Tensor:
+def preprocess_batch(
+    images: Sequence[Image.Image | np.ndarray], size: int = 256, resize: ResizePolicy = "squash"
+) -> torch.Tensor:
     tensors = [preprocess(image, size, resize) for image in images]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
