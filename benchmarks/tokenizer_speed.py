@@ -233,15 +233,7 @@ def main() -> None:
                 }
             ]
     results = {
-        "command": "python "
-        + " ".join(
-            [
-                str(Path(sys.argv[0]).relative_to(ROOT))
-                if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
-                else sys.argv[0],
-                *sys.argv[1:],
-            ]
-        ),
+        "command": " ".join(["python benchmarks/tokenizer_speed.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "parameters": tok.num_parameters(),

@@ -90,7 +90,7 @@ def test_encoder_trunk_is_bidirectional(tiny):
 @pytest.mark.parametrize("size", [(5, 7), (16, 16), (1, 3)])
 def test_fast_upsample_equals_nearest_then_conv(size):
     torch.manual_seed(0)
-    layer = Upsample2d(6, 4)
+    layer = Upsample2d(6, 4).eval()
     x = torch.randn(2, 6, *size)
     literal = layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     with torch.no_grad():

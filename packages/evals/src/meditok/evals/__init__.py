@@ -1,6 +1,13 @@
-"""meditok.evals: the evaluation suite (reconstruction, classification, VQA, generation metrics, speed/memory reports).
+"""meditok.evals: MedITok's evaluation suite.
 
-Not implemented yet: this package is a skeleton that reserves the name and layout.
+`meditok-eval {recon,probe,zeroshot,vqa,gen,codebook,bench}` each write ``report.md``, ``metrics.json`` and PNGs
+into an output folder. The maths lives in `meditok.evals.metrics` (PSNR/SSIM/AUC/mAP via torchmetrics, Fréchet
+distance, precision/recall, codebook statistics) and `meditok.evals.vqa` (VQA scorers).
 """
 
-__version__ = "0.0.1"
+from meditok.evals.adapters import DownsampleBaseline, FeatureAdapter, MedITokAdapter, TokenizerAdapter
+from meditok.evals.errors import EvalError
+
+__version__ = "0.1.0"
+
+__all__ = ["DownsampleBaseline", "EvalError", "FeatureAdapter", "MedITokAdapter", "TokenizerAdapter", "__version__"]

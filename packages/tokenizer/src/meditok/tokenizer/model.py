@@ -245,41 +245,31 @@ class Encoder(nn.Module):
 class Upsample2d(nn.Module):
     """Nearest x2 upsampling followed by a 3x3 conv.
 
-    At inference the same function is computed without materialising the upsampled map: each of the four output
-    phases is a 2x2 conv of the low-resolution input with summed 3x3 taps (2.25x fewer multiply-adds). Training keeps
-    the literal form so that gradients and numerics follow the reference exactly.
+    At inference the same function is computed as one stride-2 transposed conv of the low-resolution input, whose
+    4x4 kernel sums the 3x3 taps that each output phase reads (4 instead of 9 multiply-adds per output pixel, and no
+    upsampled map in memory). Along each axis, output 2m reads inputs {m-1, m} with taps {w0, w1+w2} and output 2m+1
+    reads {m, m+1} with {w0+w1, w2}: the transposed kernel is [w2, w1+w2, w0+w1, w0]. Training keeps the literal form
+    so that gradients and numerics follow the reference exactly.
     """
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self._fused: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self._phase_conv(x)
+        return F.conv_transpose2d(x, self._transposed_kernel(), self.conv.bias, stride=2, padding=1)
 
-    def _phase_conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _transposed_kernel(self) -> torch.Tensor:
         w = self.conv.weight
-        # Rows (and likewise columns) of output phase 0 read input offsets {-1, 0} with taps {w0, w1 + w2};
-        # phase 1 reads {0, +1} with taps {w0 + w1, w2}.
-        rows = (
-            torch.stack((w[:, :, 0], w[:, :, 1] + w[:, :, 2]), 2),
-            torch.stack((w[:, :, 0] + w[:, :, 1], w[:, :, 2]), 2),
-        )
-        padded = F.pad(x, (1, 1, 1, 1))
-        height, width = x.shape[-2:]
-        phases = []
-        for a, w_rows in enumerate(rows):
-            for b in range(2):
-                cols = w_rows[..., 0:1], w_rows[..., 1:2], w_rows[..., 2:3]
-                kernel = (
-                    torch.cat((cols[0], cols[1] + cols[2]), 3) if b == 0 else torch.cat((cols[0] + cols[1], cols[2]), 3)
-                )
-                window = padded[:, :, a : a + height + 1, b : b + width + 1]
-                phases.append(F.conv2d(window, kernel, self.conv.bias))
-        out = torch.stack(phases, dim=2)  # [B, C, 4, h, w], phase index = 2a + b
-        return F.pixel_shuffle(out.flatten(1, 2), 2)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._fused is None or self._fused[0] != key:
+            mix = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=w.dtype, device=w.device)
+            kernel = torch.einsum("yi,xj,ocij->coyx", mix, mix, w)  # [in, out, 4, 4] as conv_transpose2d expects
+            self._fused = (key, kernel.contiguous())
+        return self._fused[1]
 
 
 class InvMBConvBlock(nn.Module):

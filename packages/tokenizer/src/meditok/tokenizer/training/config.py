@@ -131,7 +131,9 @@ class TrainConfig:
         if self.run.precision not in ("fp32", "bf16"):
             problems.append(f"run.precision must be fp32 or bf16, got {self.run.precision!r}")
         if self.run.zero_stage not in (0, 1, 2):
-            problems.append(f"run.zero_stage must be 0, 1 or 2 (export reads whole module states), got {self.run.zero_stage}")
+            problems.append(
+                f"run.zero_stage must be 0, 1 or 2 (export reads whole module states), got {self.run.zero_stage}"
+            )
         if self.data.image_size % 16:
             problems.append(f"data.image_size must be a multiple of 16, got {self.data.image_size}")
         if self.run.steps < 1:
@@ -164,6 +166,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)

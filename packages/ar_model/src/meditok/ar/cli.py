@@ -1,0 +1,109 @@
+"""meditok-ar: pretokenize | train | merge | answer | generate-image | info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _size(values: list[int]) -> tuple[int, int]:
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meditok-ar", description=__doc__)
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretokenize", help="manifest -> CodesDataset shards (sharded over ranks, resumable)")
+    p.add_argument("manifest")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--tokenizer", required=True, help="MedITok weights (folder, .safetensors or .pth)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--world-size", type=int)
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+
+    p = sub.add_parser("train", help="PEFT LoRA fine-tuning (also under the deepspeed launcher)")
+    p.add_argument("--config", required=True)
+
+    p = sub.add_parser("merge", help="adapter folder -> full HF folder for serving")
+    p.add_argument("adapter")
+    p.add_argument("-o", "--out", required=True)
+
+    p = sub.add_parser("answer", help="answer a question about an image")
+    p.add_argument("model")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--size", type=int, default=256)
+
+    p = sub.add_parser("generate-image", help="prompt -> PNG")
+    p.add_argument("model")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--size", type=int, nargs="+", default=[256], help="H [W] in pixels, multiples of 16")
+    p.add_argument("--cfg-scale", type=float)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("info", help="print a model folder's layout")
+    p.add_argument("model")
+
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"meditok-ar {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "pretokenize":
+        from meditok.ar.pretokenize import pretokenize
+
+        result = pretokenize(args.manifest, args.out, args.tokenizer, size=args.size, rank=args.rank,
+                             world_size=args.world_size, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                             progress=True)  # fmt: skip
+        print(json.dumps(result))
+        return 0
+    if args.command == "train":
+        from meditok.ar.train import train
+
+        result = train(args.config)
+        print(json.dumps({"final_loss": result["losses"][-1], "adapter": str(result["adapter"])}))
+        return 0
+    if args.command == "info":
+        from meditok.ar.layout import TokenLayout
+
+        config = json.loads((Path(args.model) / "config.json").read_text())
+        print(json.dumps({"architectures": config.get("architectures"), **TokenLayout.from_config(config).to_config()}, indent=2))
+        return 0
+    from meditok.ar.model import MedITokAR
+
+    if args.command == "merge":
+        model = MedITokAR.from_pretrained(args.adapter)
+        if not hasattr(model.llm, "merge_and_unload"):
+            raise ValueError(f"{args.adapter} is not an adapter folder (no adapter_config.json)")
+        print(model.merged().save_pretrained(args.out))
+        return 0
+    model = MedITokAR.from_pretrained(args.model)
+    if args.command == "answer":
+        print(model.answer(args.image, args.question, max_new_tokens=args.max_new_tokens))
+        return 0
+    if args.command == "generate-image":
+        image = model.generate_image(args.prompt, size=_size(args.size), cfg_scale=args.cfg_scale,
+                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+        image.save(args.out)
+        print(args.out)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

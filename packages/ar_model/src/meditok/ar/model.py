@@ -1,0 +1,293 @@
+"""MedITokAR: a Hugging Face causal LM (Llama / Mistral / Qwen2) whose vocabulary is extended with the token layout,
+plus the MedITok image tokenizer that turns images into codes and codes back into images."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meditok.ar.layout import ARCHITECTURE, CONFIG_KEY, LayoutError, TokenLayout
+from meditok.ar.sequences import SequenceBuilder
+
+# Families whose HF classes and vLLM 0.32 classes share weights names; the plugin subclasses the vLLM class.
+SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+IMAGE_TOKENIZER_DIR = "image_tokenizer"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def code_projection(dim: int, num_codebooks: int = 8, code_dim: int = 8, seed: int = 0) -> torch.Tensor:
+    """The fixed projection P [dim, num_codebooks*code_dim] with orthonormal columns (QR of a seeded Gaussian;
+    for dim < 64 the first ``dim`` rows of a 64-dim orthonormal basis)."""
+    g = torch.Generator().manual_seed(seed)
+    gauss = torch.randn(max(dim, num_codebooks * code_dim), num_codebooks * code_dim, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(gauss)
+    return q[:dim].float()
+
+
+@torch.no_grad()
+def init_image_rows(weight: torch.Tensor, codebooks: list[torch.Tensor], layout: TokenLayout, seed: int = 0) -> None:
+    """Initialise the new rows of an embedding / output matrix [vocab, d] in place.
+
+    Image token (k, c) -> mu + sigma*sqrt(d) * P @ onehot_k(v_kc), where v_kc is the unit code vector of sub-codebook
+    k (MedITok's normalised codebook), onehot_k places it in the k-th 8-dim slot of a 64-vector, P is
+    :func:`code_projection`, and mu / sigma are the mean row and per-dimension std of the text rows. So codes keep
+    their cosine geometry, sub-codebooks sit in orthogonal subspaces, and the rows have the text rows' scale.
+    Special and size tokens get mu plus small Gaussian noise (sigma / 10)."""
+    text = weight[: layout.text_vocab_size].float()
+    mu, sigma = text.mean(0), text.std().clamp_min(1e-6)
+    d = weight.shape[1]
+    nk, cs = layout.num_codebooks, layout.codebook_size
+    if len(codebooks) != nk or any(tuple(c.shape[:1]) != (cs,) for c in codebooks):
+        raise LayoutError(f"expected {nk} codebooks of {cs} codes, got {[tuple(c.shape) for c in codebooks]}")
+    code_dim = codebooks[0].shape[1]
+    proj = code_projection(d, nk, code_dim, seed)  # [d, nk*code_dim]
+    scale = sigma * math.sqrt(d)
+    for k, book in enumerate(codebooks):
+        block = proj[:, k * code_dim : (k + 1) * code_dim]  # [d, code_dim]
+        lo, hi = layout.code_token_range(k)
+        weight[lo:hi] = (mu + scale * book.float() @ block.T).to(weight.dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    n_other = layout.image_token_base - layout.text_vocab_size
+    noise = torch.randn(n_other, d, generator=g) * sigma / 10
+    weight[layout.text_vocab_size : layout.image_token_base] = (mu + noise).to(weight.dtype)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+class MedITokAR:
+    """The unified model. ``llm`` is the HF causal LM (or a PeftModel around it after :meth:`add_lora`)."""
+
+    def __init__(self, llm: Any, text_tokenizer: Any, layout: TokenLayout, image_tokenizer: Any = None,
+                 image_tokenizer_path: str | None = None) -> None:  # fmt: skip
+        self.llm = llm
+        self.text_tokenizer = text_tokenizer
+        self.layout = layout
+        self._image_tokenizer = image_tokenizer
+        self.image_tokenizer_path = image_tokenizer_path
+        self.builder = SequenceBuilder(layout, text_tokenizer)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None, *, dtype: torch.dtype = torch.float32,
+                        max_grid: int | None = None, init_seed: int = 0) -> MedITokAR:  # fmt: skip
+        """Load a MedITokAR folder, an adapter folder (base + PEFT adapter), or extend a plain local HF causal LM.
+
+        ``tokenizer``: the MedITok image tokenizer (a ``MedITok`` or a path). Required to extend a plain LLM (its
+        codebooks initialise the image rows); optional for MedITokAR folders (they record theirs)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: not a model folder")
+        if (path / ADAPTER_CONFIG).exists():
+            from peft import PeftModel
+
+            base_dir = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+            if not base_dir or not Path(base_dir).is_dir():
+                raise FileNotFoundError(f"{path}: adapter's base model {base_dir!r} is not a local folder")
+            base = cls.from_pretrained(base_dir, tokenizer, dtype=dtype)
+            base.llm = PeftModel.from_pretrained(base.llm, str(path), is_trainable=False)
+            return base
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
+        config = _read_json(path / "config.json")
+        model_type = config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"{path}: model_type {model_type!r} is not supported; use one of {sorted(SUPPORTED_MODEL_TYPES)}")
+        text_tokenizer = AutoTokenizer.from_pretrained(str(path))
+        llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        llm.eval()
+        if CONFIG_KEY in config:  # already extended
+            layout = TokenLayout.from_config(config)
+            if llm.get_input_embeddings().weight.shape[0] != layout.vocab_size or len(text_tokenizer) != layout.vocab_size:
+                raise LayoutError(f"{path}: embedding rows / tokenizer size disagree with the layout's vocab_size {layout.vocab_size}")
+            image_tok, image_path = tokenizer, None
+            if image_tok is None or isinstance(image_tok, (str, os.PathLike)):
+                recorded = layout.extra.get("image_tokenizer")
+                candidate = image_tok or (path / recorded if recorded and not os.path.isabs(recorded) else recorded)
+                image_path, image_tok = (str(candidate) if candidate else None), None
+            return cls(llm, text_tokenizer, layout, image_tok, image_path)
+        # ---- extend a plain LLM
+        if tokenizer is None:
+            raise ValueError("extending a plain LLM needs tokenizer= (a MedITok or its path): its codebooks initialise the image rows")
+        image_tok, image_path = (tokenizer, None) if not isinstance(tokenizer, (str, os.PathLike)) else (None, str(tokenizer))
+        if image_tok is None:
+            image_tok = _load_image_tokenizer(image_path)
+        layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}),
+                             extra={"base_architecture": SUPPORTED_MODEL_TYPES[model_type]})  # fmt: skip
+        added = text_tokenizer.add_tokens(layout.new_token_strings(), special_tokens=True)
+        ids = text_tokenizer.convert_tokens_to_ids(["<image>", "<boi>", "<i0_0>", f"<i7_{layout.codebook_size - 1}>"])
+        want = [layout.image_token_id, layout.boi_token_id, layout.image_token_base, layout.vocab_size - 1]
+        if added != layout.num_new_tokens or ids != want:
+            raise LayoutError(f"the text tokenizer already holds some layout token strings (added {added}, ids {ids} != {want})")
+        llm.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
+        books = [cb.normalized_codebook().detach().float().cpu() for cb in image_tok.quantizer.codebooks]
+        init_image_rows(llm.get_input_embeddings().weight, books, layout, init_seed)
+        out = llm.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != llm.get_input_embeddings().weight.data_ptr():
+            init_image_rows(out.weight, books, layout, init_seed)
+        llm.config.vocab_size = layout.vocab_size
+        return cls(llm, text_tokenizer, layout, image_tok, image_path)
+
+    @property
+    def image_tokenizer(self) -> Any:
+        if self._image_tokenizer is None:
+            if not self.image_tokenizer_path:
+                raise ValueError("no image tokenizer: pass tokenizer= to from_pretrained")
+            self._image_tokenizer = _load_image_tokenizer(self.image_tokenizer_path)
+        return self._image_tokenizer
+
+    @property
+    def base_model(self) -> Any:
+        """The underlying transformers model (inside PEFT wrappers)."""
+        llm = self.llm
+        return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | os.PathLike, *, copy_image_tokenizer: bool = True) -> Path:
+        """A full HF folder (weights, text tokenizer with the layout tokens, config.json with architectures
+        ["MedITokARForCausalLM"] and the layout under ``meditok_ar``) plus ``image_tokenizer/``.
+
+        On a PEFT-wrapped model this saves the adapter only (``adapter_config.json`` points at the base folder);
+        use :meth:`merged` first for a serving folder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.llm, "peft_config"):
+            self.llm.save_pretrained(str(directory))
+            return directory
+        extra = dict(self.layout.extra)
+        if copy_image_tokenizer:
+            target = directory / IMAGE_TOKENIZER_DIR
+            if self._image_tokenizer is not None:
+                self._image_tokenizer.save_pretrained(target)
+            elif self.image_tokenizer_path and Path(self.image_tokenizer_path).resolve() != target.resolve():
+                src = Path(self.image_tokenizer_path)
+                shutil.copytree(src, target, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, target)
+            extra["image_tokenizer"] = IMAGE_TOKENIZER_DIR
+        elif self.image_tokenizer_path:
+            extra["image_tokenizer"] = str(Path(self.image_tokenizer_path).resolve())
+        layout = TokenLayout(self.layout.text_vocab_size, self.layout.max_grid, extra=extra)
+        self.layout = layout
+        self.llm.save_pretrained(str(directory))
+        self.text_tokenizer.save_pretrained(str(directory))
+        config = _read_json(directory / "config.json")
+        config["architectures"] = [ARCHITECTURE]
+        config[CONFIG_KEY] = layout.to_config()
+        config["vocab_size"] = layout.vocab_size
+        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        return directory
+
+    # ------------------------------------------------------------------ PEFT
+    def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Any = "all-linear",
+                 token_training: str = "trainable_tokens") -> Any:  # fmt: skip
+        """Wrap ``llm`` with LoRA on its linear layers plus trainable rows for the layout's new tokens.
+
+        ``token_training``: "trainable_tokens" (PEFT trainable_token_indices: only the new rows of the input and
+        output embeddings train; default, see the README's memory table) or "modules_to_save" (full copies of
+        embed_tokens and lm_head train)."""
+        from peft import LoraConfig, get_peft_model
+
+        if hasattr(self.llm, "peft_config"):
+            raise ValueError("the model already has an adapter")
+        tied = bool(getattr(self.base_model.config, "tie_word_embeddings", False))
+        kwargs: dict[str, Any] = {}
+        if token_training == "trainable_tokens":
+            new_ids = list(range(self.layout.text_vocab_size, self.layout.vocab_size))
+            kwargs["trainable_token_indices"] = {"embed_tokens": new_ids} if tied else {"embed_tokens": new_ids, "lm_head": new_ids}
+        elif token_training == "modules_to_save":
+            kwargs["modules_to_save"] = ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
+        elif token_training != "none":
+            raise ValueError(f"token_training must be trainable_tokens, modules_to_save or none, not {token_training!r}")
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                            task_type="CAUSAL_LM", **kwargs)  # fmt: skip
+        self.llm = get_peft_model(self.llm, config)
+        return self.llm
+
+    def merged(self) -> MedITokAR:
+        """A plain (adapter-free) model with LoRA and the trained token rows merged in."""
+        if not hasattr(self.llm, "merge_and_unload"):
+            return self
+        return MedITokAR(self.llm.merge_and_unload(), self.text_tokenizer, self.layout, self._image_tokenizer,
+                         self.image_tokenizer_path)  # fmt: skip
+
+    # ------------------------------------------------------------------ images
+    def encode_image(self, image: Any, size: int | tuple[int, int] = 256) -> tuple[torch.Tensor, tuple[int, int]]:
+        """PIL / array / path / [3,H,W] or [1,3,H,W] tensor in [-1,1] -> (codes [8, h*w], (h, w))."""
+        if isinstance(image, (str, os.PathLike)):
+            from meditok.data import Preprocess, read_image
+
+            side = size if isinstance(size, int) else max(size)
+            image = Preprocess(size=side)(read_image(image))
+        if not isinstance(image, torch.Tensor):
+            from meditok.tokenizer.preprocessing import preprocess
+
+            image = preprocess(image, size=size if isinstance(size, int) else max(size))
+        x = image if image.ndim == 4 else image.unsqueeze(0)
+        tok = self.image_tokenizer
+        with torch.no_grad():
+            codes = tok.encode(x.to(tok.device))
+        grid = (x.shape[-2] // 16, x.shape[-1] // 16)
+        return codes[0].cpu(), grid
+
+    def decode_codes(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        tok = self.image_tokenizer
+        with torch.no_grad():
+            return tok.decode(torch.as_tensor(codes).reshape(1, self.layout.num_codebooks, -1).to(tok.device), grid=grid)
+
+    # ------------------------------------------------------------------ inference
+    def answer(self, image_or_codes: Any, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, grid: tuple[int, int] | None = None) -> str:  # fmt: skip
+        """Answer ``question`` about an image (PIL/array/path/tensor) or its codes ([8, h*w] or [8, h, w] ints)."""
+        from meditok.ar.generation import generate_text
+
+        if isinstance(image_or_codes, (torch.Tensor, np.ndarray)) and not torch.is_floating_point(torch.as_tensor(image_or_codes)):
+            codes = image_or_codes
+        else:
+            codes, grid = self.encode_image(image_or_codes)
+        prompt = self.builder.question_prompt(codes, question, grid)
+        ids = generate_text(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed)  # fmt: skip
+        return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def generate_image(self, prompt: str | list[str], *, size: int | tuple[int, int] = 256, cfg_scale: float | None = None,
+                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                       num_images: int = 1, return_tokens: bool = False) -> Any:  # fmt: skip
+        """Text (or modality) prompt -> PIL image(s) of ``size`` pixels (multiples of 16; int = square).
+
+        ``cfg_scale``: None = plain conditional sampling; a float runs the unconditional pass too and samples from
+        cond + (scale - 1) * (cond - uncond) (so 1.0 equals plain sampling). ``temperature`` 0 = greedy.
+        Returns one PIL image for a str prompt and num_images == 1, else a list; with ``return_tokens`` also the
+        generated token blocks ([<boi> <h> <w> codes <eoi>] per image)."""
+        from meditok.ar.generation import generate_image_tokens
+        from meditok.ar.layout import token_ids_to_codes
+        from meditok.tokenizer.preprocessing import to_pil
+
+        height, width = (size, size) if isinstance(size, int) else size
+        if height % 16 or width % 16 or height <= 0 or width <= 0:
+            raise ValueError(f"image size {height}x{width} must be positive multiples of 16")
+        grid = (height // 16, width // 16)
+        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        blocks = generate_image_tokens(self, prompts, grid, cfg_scale=cfg_scale, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, seed=seed)  # fmt: skip
+        images = []
+        for block in blocks:
+            codes, g = token_ids_to_codes(block, self.layout)
+            images.append(to_pil(self.decode_codes(torch.from_numpy(codes), g).float().clamp(-1, 1))[0])
+        single = isinstance(prompt, str) and num_images == 1
+        result = images[0] if single else images
+        return (result, blocks[0] if single else blocks) if return_tokens else result
+
+
+def _load_image_tokenizer(path: str | os.PathLike) -> Any:
+    from meditok.tokenizer import MedITok
+
+    return MedITok.from_pretrained(str(path)).eval()

@@ -1,0 +1,96 @@
+"""`meditok-ar pretokenize`: manifest -> CodesDataset shards, once, sharded over ranks and resumable.
+
+Rows are cut into global chunks of ``chunk_size``; rank r of W encodes chunks r, r+W, ... into
+``OUT/parts/part-NNNNNN/`` (written to a temporary folder and renamed when complete), so an interrupted job reruns
+only unfinished chunks, with any world size. Whoever finishes last writes ``OUT/index.json`` listing every part's
+shards, which makes ``OUT`` an ordinary CodesDataset folder. Each entry's metadata: source (the manifest key),
+modality, caption, grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PARTS = "parts"
+
+
+def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: Any, *, size: int = 256,
+                rank: int | None = None, world_size: int | None = None, chunk_size: int = 64, batch_size: int = 8,
+                max_chunks: int | None = None, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Encode the rows of ``manifest`` assigned to this rank. ``tokenizer``: a MedITok or its path.
+    ``max_chunks`` stops after that many new chunks (to test resumption). Returns counts."""
+    from meditok.data import Preprocess, load_row, read_manifest, write_code_shards
+    from meditok.data.errors import MedicalImageError
+
+    if rank is None:
+        rank = int(os.environ.get("RANK", 0))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from meditok.tokenizer import MedITok
+
+        tokenizer = MedITok.from_pretrained(str(tokenizer)).eval()
+    rows = read_manifest(manifest)
+    out = Path(out_dir)
+    parts = out / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    n_chunks = (len(rows) + chunk_size - 1) // chunk_size
+    prep = Preprocess(size=size)
+    done = skipped_rows = new_chunks = 0
+    for chunk in range(rank, n_chunks, world_size):
+        final = parts / f"part-{chunk:06d}"
+        if (final / "index.json").exists():
+            done += 1
+            continue
+        if max_chunks is not None and new_chunks >= max_chunks:
+            break
+        items: list[tuple[Any, dict[str, Any]]] = []
+        chunk_rows = rows[chunk * chunk_size : (chunk + 1) * chunk_size]
+        tensors, metas = [], []
+        for row in chunk_rows:
+            try:
+                tensors.append(prep(load_row(row)))
+                metas.append({"source": row.key, "modality": row.modality, "caption": row.caption})
+            except MedicalImageError as error:
+                skipped_rows += 1
+                print(f"skipped {row.key}: {error}", flush=True)
+        for i in range(0, len(tensors), batch_size):
+            with torch.no_grad():
+                codes = tokenizer.encode(torch.stack(tensors[i : i + batch_size]).to(tokenizer.device)).cpu()
+            h = w = size // 16
+            for c, meta in zip(codes, metas[i : i + batch_size]):
+                items.append((c.reshape(c.shape[0], h, w).numpy(), meta))
+        temporary = parts / f"part-{chunk:06d}.tmp-{rank}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        write_code_shards(items, temporary, shard_size=max(1, len(items)))
+        os.replace(temporary, final)
+        new_chunks += 1
+        done += 1
+        if progress:
+            print(f"rank {rank}: chunk {chunk + 1}/{n_chunks}", flush=True)
+    complete = _write_index_if_complete(out, n_chunks)
+    return {"rows": len(rows), "chunks": n_chunks, "chunks_done_by_rank": done, "new_chunks": new_chunks,
+            "skipped_rows": skipped_rows, "complete": complete}  # fmt: skip
+
+
+def _write_index_if_complete(out: Path, n_chunks: int) -> bool:
+    parts = [out / PARTS / f"part-{c:06d}" for c in range(n_chunks)]
+    if not all((p / "index.json").exists() for p in parts):
+        return False
+    shards, skipped, attempted = [], 0, 0
+    for p in parts:
+        index = json.loads((p / "index.json").read_text())
+        shards += [{"name": f"{PARTS}/{p.name}/{s['name']}", "count": s["count"]} for s in index["shards"]]
+        skipped += index.get("skipped", 0)
+        attempted += index.get("attempted", 0)
+    temporary = out / f"index.json.tmp-{os.getpid()}"
+    temporary.write_text(json.dumps({"kind": "codes", "shards": shards, "skipped": skipped, "attempted": attempted}, indent=1))
+    os.replace(temporary, out / "index.json")
+    return True

@@ -1,0 +1,207 @@
+"""PEFT LoRA fine-tuning of MedITokAR, in one process or under DeepSpeed ZeRO-2 (the ``deepspeed`` launcher).
+
+Config (YAML or dict)::
+
+    model: {base: LLM_OR_MEDITOKAR_DIR, image_tokenizer: MEDITOK_DIR, out: OUT_DIR}
+    lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear, token_training: trainable_tokens}
+    data: {codes: CODES_DIR, records: RECORDS.jsonl, cond_dropout: 0.1, max_length: 4096}
+    train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2}
+
+``data.codes`` (a CodesDataset folder, e.g. from ``meditok-ar pretokenize``) gives generation records (caption ->
+image); ``data.records`` (JSONL) adds understanding / generation / interleaved records whose images name a code
+entry by its ``source`` (the manifest key) — see README. Output: ``OUT/base`` (the extended base, when ``base`` was a
+plain LLM), ``OUT/adapter`` (PEFT adapter; ``MedITokAR.from_pretrained(OUT/adapter)`` loads base + adapter) and
+``OUT/train_log.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meditok.ar.layout import CONFIG_KEY
+from meditok.ar.sequences import RecordSampler, collate
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"base": None, "image_tokenizer": None, "out": None},
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "token_training": "trainable_tokens"},
+    "data": {"codes": None, "records": None, "cond_dropout": 0.1, "max_length": 4096},
+    "train": {"steps": 100, "lr": 1e-3, "batch_size": 2, "seed": 0, "log_every": 10, "deepspeed": False,
+              "zero_stage": 2, "weight_decay": 0.0, "grad_clip": 1.0},  # fmt: skip
+}
+
+
+def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if not isinstance(config, dict):
+        import yaml
+
+        config = yaml.safe_load(Path(config).read_text()) or {}
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    merged = {}
+    for section, defaults in DEFAULTS.items():
+        given = config.get(section) or {}
+        bad = set(given) - set(defaults)
+        if bad:
+            raise ValueError(f"unknown keys {sorted(bad)} in '{section}'; expected {sorted(defaults)}")
+        merged[section] = {**defaults, **given}
+    for key in ("base", "out"):
+        if not merged["model"][key]:
+            raise ValueError(f"model.{key} is required")
+    if not merged["data"]["codes"] and not merged["data"]["records"]:
+        raise ValueError("data.codes or data.records is required")
+    return merged
+
+
+def load_code_table(codes_dir: str | os.PathLike) -> dict[str, tuple[torch.Tensor, tuple[int, int], dict[str, Any]]]:
+    """{source key: (codes [8, h*w], (h, w), metadata)} of a codes shard folder (reads every shard once)."""
+    import io
+
+    import numpy as np
+    from meditok.data import ShardIndex
+    from meditok.data.shards import iter_shard
+
+    table = {}
+    for path in ShardIndex.load(codes_dir).paths():
+        for raw in iter_shard(path):
+            meta = json.loads(raw["json"])
+            codes = torch.from_numpy(np.load(io.BytesIO(raw["npy"]), allow_pickle=False).astype(np.int64))
+            grid = tuple(meta["grid"]) if meta.get("grid") else None
+            table[meta.get("source", raw["__key__"])] = (codes, grid, meta)
+    return table
+
+
+def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    table = load_code_table(data["codes"]) if data["codes"] else {}
+    if data["codes"] and not data["records"]:  # caption -> image from every code entry
+        for codes, grid, meta in table.values():
+            from meditok.data import template_caption
+
+            prompt = meta.get("caption") or template_caption(meta.get("modality", "other"))
+            records.append({"type": "generation", "prompt": prompt, "codes": codes, "grid": grid})
+        return records
+
+    def lookup(key: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        if key not in table:
+            raise KeyError(f"image {key!r} is not in the codes folder {data['codes']} ({len(table)} entries)")
+        return table[key][0], table[key][1]
+
+    for n, line in enumerate(Path(data["records"]).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        kind = r.get("type") or ("understanding" if "conversations" in r else "interleaved" if "segments" in r else "generation")
+        if kind == "understanding":
+            keys = r.get("image") or r.get("images") or []
+            keys = [keys] if isinstance(keys, str) else keys
+            records.append({"type": kind, "conversations": r["conversations"], "images": [lookup(k) for k in keys]})
+        elif kind == "generation":
+            codes, grid = lookup(r["image"])
+            records.append({"type": kind, "prompt": r["prompt"], "codes": codes, "grid": grid})
+        elif kind == "interleaved":
+            segs = [s if isinstance(s, str) else lookup(s["image"]) for s in r["segments"]]
+            records.append({"type": kind, "segments": segs})
+        else:
+            raise ValueError(f"{data['records']}:{n}: unknown record type {kind!r}")
+    return records
+
+
+def _dist_env() -> tuple[int, int, bool]:
+    launched = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), launched
+
+
+def prepare_model(cfg: dict[str, dict[str, Any]], rank: int = 0) -> Any:
+    """Load / extend the base, save the extended base once (rank 0), add LoRA."""
+    from meditok.ar.model import MedITokAR
+
+    m, out = cfg["model"], Path(cfg["model"]["out"])
+    base_dir = Path(m["base"])
+    is_extended = CONFIG_KEY in json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").exists() else False
+    if not is_extended:
+        extended = out / "base"
+        if rank == 0 and not (extended / "config.json").exists():
+            MedITokAR.from_pretrained(base_dir, tokenizer=m["image_tokenizer"]).save_pretrained(extended)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        base_dir = extended
+    model = MedITokAR.from_pretrained(base_dir, tokenizer=m["image_tokenizer"])
+    lora = cfg["lora"]
+    model.add_lora(lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"], lora["token_training"])
+    return model
+
+
+def train(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """Run a fine-tuning job; returns {"losses", "adapter", "seconds", "tokens"}."""
+    cfg = load_config(config)
+    tr, data = cfg["train"], cfg["data"]
+    rank, world, launched = _dist_env()
+    use_ds = bool(tr["deepspeed"]) or launched
+    engine = None
+    if use_ds:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(29700 + os.getpid() % 200)}.items():  # fmt: skip
+            os.environ.setdefault(key, value)  # a plain `python` run would otherwise need mpi4py
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+        import deepspeed
+        import deepspeed.ops
+
+        # The CPU shm collective is JIT-compiled (~70 s) on first use; gloo does the work without it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    torch.manual_seed(tr["seed"])
+    model = prepare_model(cfg, rank)
+    llm = model.llm
+    llm.train()
+    sampler = RecordSampler(model.builder, build_records(data), data["cond_dropout"], tr["seed"], rank, world)
+    params = [p for p in llm.parameters() if p.requires_grad]
+    if use_ds:
+        ds_config = {
+            "train_micro_batch_size_per_gpu": tr["batch_size"],
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": tr["grad_clip"],
+            "zero_optimization": {"stage": tr["zero_stage"]},
+            # torch_adam: no 140 s fused_adam JIT on the CPU
+            "optimizer": {"type": "AdamW", "params": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "torch_adam": True}},
+        }
+        engine, *_ = deepspeed.initialize(model=llm, model_parameters=params, config=ds_config)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=tr["lr"], weight_decay=tr["weight_decay"])
+    losses, tokens, start = [], 0, time.perf_counter()
+    for step in range(tr["steps"]):
+        batch = collate(sampler.next_batch(tr["batch_size"]), model.builder.pad, data["max_length"])
+        tokens += int(batch["attention_mask"].sum())
+        if engine is not None:
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+        else:
+            loss = llm(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, tr["grad_clip"])
+            optimizer.step()
+        losses.append(float(loss.detach()))
+        if rank == 0 and tr["log_every"] and (step % tr["log_every"] == 0 or step == tr["steps"] - 1):
+            print(f"step {step} loss {losses[-1]:.4f}", flush=True)
+    seconds = time.perf_counter() - start
+    out = Path(cfg["model"]["out"])
+    adapter = out / "adapter"
+    llm.eval()
+    if rank == 0:
+        (engine.module if engine is not None else llm).save_pretrained(str(adapter))
+        log = {"losses": losses, "seconds": seconds, "tokens": tokens, "world_size": world, "deepspeed": use_ds}
+        (out / "train_log.json").write_text(json.dumps(log))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return {"losses": losses, "adapter": adapter, "seconds": seconds, "tokens": tokens, "model": model}

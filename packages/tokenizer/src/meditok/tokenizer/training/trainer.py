@@ -1,0 +1,600 @@
+"""The two-stage MedITok training loop on DeepSpeed (CPU/gloo or GPU/nccl; same code).
+
+Design: two DeepSpeed engines, one for the generator side (the MedITok core + the trainable teacher adapters) and
+one for the discriminator heads. Each has its own torch AdamW (passed as a client optimizer, so no fused_adam JIT)
+and its own LambdaLR (linear warm-up, cosine to `lr_end_ratio`), stepped by `engine.step()`. The frozen teacher,
+LPIPS net and discriminator backbone live outside both engines (in plain attributes / lists), so they are neither
+optimised, all-reduced nor checkpointed.
+
+Per step: G forward -> losses (rec, LPIPS, VQ, CLIP, adaptive-weighted GAN) -> G backward/step (D heads frozen)
+-> logit_scale clamp -> D step on detached reconstructions (hinge + consistency regularisation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..api import MedITok
+from ..config import MedITokConfig, get_config
+from .aux_models import AuxModelError, load_disc_backbone, load_lpips, load_text_tower, load_vision_teacher
+from .config import TrainConfig, steps_from_fraction
+from .losses import (
+    DiffAug,
+    adaptive_weight,
+    clip_loss,
+    disc_schedules,
+    generator_loss,
+    hinge_d_loss,
+    reconstruction_loss,
+)
+from .nets import DinoDiscriminator
+
+NO_DECAY_KEYS = ("norm_scale", "bn", "ln", "bias", "logit_scale", "norm")
+STATE_FILE = "trainer_state.json"
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay everywhere except params with ndim < 2 and names containing norm/bn/ln/bias/logit_scale."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.lower()
+        if p.ndim < 2 or any(k in leaf for k in NO_DECAY_KEYS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, warmup: int, total: int, end_ratio: float = 0.1) -> float:
+    """Linear warm-up from 0 over `warmup` steps, then cosine from 1 to `end_ratio` at `total`."""
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GeneratorWrapper(nn.Module):
+    """`core` (the MedITok) + the trainable teacher adapters (`text_fc_norm` LN, `text_projection` Linear)."""
+
+    def __init__(self, core: MedITok, teacher_dim: int | None):
+        super().__init__()
+        self.core = core
+        if teacher_dim:
+            self.text_fc_norm = nn.LayerNorm(teacher_dim)
+            self.text_projection = nn.Linear(teacher_dim, core.config.embed_dim)
+            nn.init.trunc_normal_(self.text_projection.weight, std=0.02)
+            nn.init.zeros_(self.text_projection.bias)
+
+    def forward(self, x: torch.Tensor, teacher_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self.core(x)
+        if teacher_features is not None:
+            t = self.text_projection(self.text_fc_norm(teacher_features.to(self.text_projection.weight.dtype)))
+            out["teacher_embedding"] = F.normalize(t.float(), dim=-1)
+        return out
+
+
+def _enable_grad_checkpointing(core: nn.Module) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    for blocks in (core.encoder.blocks, core.decoder.blocks):
+        for block in blocks:
+            forward = block.forward
+            block.forward = lambda x, _f=forward: checkpoint(_f, x, use_reentrant=False)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def _scalar_safe_broadcast():
+    """DeepSpeed 0.19 broadcasts every parameter as `p.data.view(torch.uint8)`, which fails for 0-d tensors such as
+    `logit_scale` (its published shape is []). Within `deepspeed.initialize`, broadcast rank 0's parameters with a
+    plain `torch.distributed.broadcast` instead (equivalent for ZeRO 0-2 without MoE / sequence parallelism)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine._broadcast_model
+
+    def broadcast(engine):
+        if torch.distributed.get_world_size() > 1:
+            for p in engine.module.parameters():
+                torch.distributed.broadcast(p.data, 0)
+
+    DeepSpeedEngine._broadcast_model = broadcast
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.random.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+
+
+def read_core_state(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(core state dict, discriminator-head state dict, trainer state) from a training checkpoint directory."""
+    ckpt = Path(checkpoint)
+    if (ckpt / "latest").is_file() and not (ckpt / STATE_FILE).exists():
+        ckpt = ckpt / (ckpt / "latest").read_text().strip()
+    state_file = ckpt / STATE_FILE
+    if not state_file.exists():
+        raise FileNotFoundError(f"{ckpt} is not a MedITok training checkpoint (no {STATE_FILE})")
+    trainer_state = json.loads(state_file.read_text())
+    gen = torch.load(ckpt / "generator" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    core = {k[5:]: v for k, v in gen["module"].items() if k.startswith("core.")}
+    disc_file = ckpt / "discriminator" / "mp_rank_00_model_states.pt"
+    disc = torch.load(disc_file, map_location="cpu", weights_only=False)["module"] if disc_file.exists() else {}
+    return core, disc, trainer_state
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Training checkpoint -> a `save_pretrained` directory that `MedITok.from_pretrained` loads."""
+    core, _, state = read_core_state(checkpoint)
+    model = MedITok.from_state_dict(core, MedITokConfig.from_dict(state["model_config"]), source=str(checkpoint))
+    return model.save_pretrained(out_dir)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.step = 0
+        self.epoch = 0
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _init_distributed(self) -> None:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        import deepspeed
+        import deepspeed.ops
+
+        # The CPU shm all-reduce op only speeds up inference and costs a 70 s JIT build; skip it (recheck on upgrade).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        self.cuda = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
+        self.rank, self.world = _dist()
+        self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if self.cuda else torch.device("cpu")
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+
+    def _load_aux(self) -> None:
+        """Every pretrained part, before the tokenizer is built: a missing file fails in seconds."""
+        cfg = self.cfg
+        self.teacher = None
+        self.text_tower = None
+        teacher_dim = None
+        if cfg.teacher.kind == "vision":
+            self.teacher = load_vision_teacher(cfg.teacher.path, cfg.teacher.format).to(self.device)
+            teacher_dim = self.teacher.config.width
+        elif cfg.teacher.kind == "text":
+            self.text_tower = load_text_tower(cfg.teacher.path, cfg.teacher.format).to(self.device)
+            teacher_dim = self.text_tower.config.output_dim
+        self.teacher_dim = teacher_dim
+        self.lpips = load_lpips(cfg.lpips.path, cfg.lpips.width_divisor).to(self.device) if cfg.lpips.enabled else None
+        self.disc_backbone = (
+            load_disc_backbone(cfg.disc.path, cfg.disc.format).to(self.device) if cfg.disc.enabled else None
+        )
+
+    def _build_core(self) -> tuple[MedITok, dict[str, torch.Tensor]]:
+        cfg = self.cfg.model
+        disc_init: dict[str, torch.Tensor] = {}
+        if cfg.init_from:
+            path = Path(cfg.init_from)
+            if not path.exists():
+                raise AuxModelError(f"model.init_from: file not found: {path}")
+            if path.is_dir() and ((path / STATE_FILE).exists() or (path / "latest").is_file()):
+                core_state, disc_init, state = read_core_state(path)  # drops the stage-1 text_* adapters
+                core = MedITok.from_state_dict(
+                    core_state, MedITokConfig.from_dict(state["model_config"]), source=str(path)
+                )
+            else:
+                core = MedITok.from_pretrained(path)
+            if core.config.name != get_config(cfg.config).name:
+                print(f"note: model.init_from is a {core.config.name!r} model; model.config={cfg.config!r} ignored")
+        else:
+            core = MedITok.from_config(cfg.config, seed=cfg.seed)
+        core = core.to(self.device, torch.float32).train()
+        if cfg.grad_checkpointing:
+            _enable_grad_checkpointing(core)
+        return core, disc_init
+
+    def setup(self) -> Trainer:
+        import deepspeed
+
+        cfg = self.cfg
+        self._init_distributed()
+        self._load_aux()
+        torch.manual_seed(cfg.run.seed)
+        core, disc_init = self._build_core()
+        self.model_config = core.config
+        self.gen = GeneratorWrapper(core, self.teacher_dim).to(self.device)
+        if cfg.optim.freeze_logit_scale:
+            core.logit_scale.requires_grad_(False)
+        total = cfg.run.steps
+        o = cfg.optim
+        g_warm, d_warm = steps_from_fraction(o.warmup, total), steps_from_fraction(o.disc_warmup, total)
+        g_opt = torch.optim.AdamW(param_groups(self.gen, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+        g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, lambda s: lr_factor(s, g_warm, total, o.lr_end_ratio))
+        ds = {
+            "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+            "gradient_accumulation_steps": 1,
+            # DeepSpeed's ZeRO-0 clip_grad_norm_ fails on 0-d parameters (logit_scale); there we clip with torch
+            # after the (already all-reduced) backward. ZeRO-1/2 clip flat partitions and are fine.
+            "gradient_clipping": o.grad_clip if cfg.run.zero_stage > 0 else 0.0,
+            "zero_optimization": {"stage": cfg.run.zero_stage},
+            "bf16": {"enabled": cfg.run.precision == "bf16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        with _scalar_safe_broadcast():
+            self.gen_engine, _, _, _ = deepspeed.initialize(
+                model=self.gen, optimizer=g_opt, lr_scheduler=g_sched, config=dict(ds)
+            )
+        self.disc_engine = None
+        if cfg.disc.enabled:
+            torch.manual_seed(cfg.run.seed + 1)
+            self.disc = DinoDiscriminator(self.disc_backbone).to(self.device)
+            if disc_init:
+                self.disc.load_state_dict(disc_init, strict=False)
+            d_opt = torch.optim.AdamW(
+                param_groups(self.disc, o.disc_weight_decay), lr=o.disc_lr, betas=o.disc_betas, eps=1e-8
+            )
+            d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: lr_factor(s, d_warm, total, o.lr_end_ratio))
+            self.disc_engine, _, _, _ = deepspeed.initialize(
+                model=self.disc, optimizer=d_opt, lr_scheduler=d_sched, config=dict(ds)
+            )
+        self.disc_start = int(cfg.disc.start * total)
+        self.disc_warmup = max(1, int(cfg.disc.warmup * total))
+        self.daug = DiffAug(1.0, cfg.disc.cutout)
+        self.bcr_aug = DiffAug(1.0, cfg.disc.bcr_cutout)
+        self._build_data()
+        # DiffAug and the discriminator's crops use the global RNG; ranks must differ, runs must repeat.
+        torch.manual_seed(cfg.run.seed * 1000 + self.rank)
+        if cfg.run.resume:
+            self.load_checkpoint(cfg.run.resume)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+        return self
+
+    def _build_data(self) -> None:
+        from meditok.data import ImageDataset, ImageTextDataset, Preprocess, ResumableLoader
+
+        d = self.cfg.data
+        if not d.source or not Path(d.source).exists():
+            raise AuxModelError(f"data.source: file not found: {d.source!r}")
+        pre = Preprocess(size=d.image_size, train=d.augment, random_ct_window=d.augment and d.ct_windowing)
+        cls = ImageTextDataset if self.cfg.teacher.kind == "text" else ImageDataset
+        self.dataset = cls(d.source, pre, seed=d.seed, rank=self.rank, world_size=self.world, skip_log=d.skip_log)
+        self.loader = ResumableLoader(
+            self.dataset,
+            batch_size=d.batch_size,
+            num_workers=d.num_workers,
+            drop_last=True,
+            # Its own generator: a new DataLoader iterator would otherwise draw its base seed from the global RNG,
+            # so a resumed run (new iterator) and an uninterrupted one (same iterator) would diverge.
+            generator=torch.Generator().manual_seed(d.seed),
+        )
+        self._iter = None
+
+    def _next_batch(self) -> dict[str, Any]:
+        for _ in range(2):
+            if self._iter is None:
+                self._iter = iter(self.loader)
+            try:
+                return next(self._iter)
+            except StopIteration:
+                self._iter = None
+                self.epoch += 1
+                self.loader.set_epoch(self.epoch)
+        raise RuntimeError(
+            f"data.source {self.cfg.data.source} yields fewer than batch_size={self.cfg.data.batch_size} images per "
+            f"rank ({self.dataset.summary()} skipped)"
+        )
+
+    # -------------------------------------------------------------------------------------------- step
+    def _teacher_features(self, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
+        with torch.no_grad():
+            if self.teacher is not None:
+                size = self.teacher.config.image_size  # reference: nearest resize, no CLIP normalisation
+                return self.teacher(F.interpolate(x, size=(size, size), mode="nearest")).float()
+            if self.text_tower is not None:
+                return self.text_tower.encode_text(list(batch["caption"]), self.device).float()
+        return None
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg = self.cfg
+        x = batch["image"].to(self.device, torch.float32)
+        warm, fade = disc_schedules(self.step, self.disc_start, self.disc_warmup)
+        use_gan = self.disc_engine is not None and warm > 0
+        logs: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        # The module is called directly, not through engine.__call__: DeepSpeed's engine forward puts backward hooks
+        # on its outputs that forbid the extra autograd.grad calls of the adaptive GAN weight. engine.backward()
+        # still does the loss scaling, gradient all-reduce / ZeRO partitioning; the prologue those hooks would have
+        # run is called explicitly in _backward().
+        out = self.gen_engine.module(x, self._teacher_features(x, batch))
+        x_hat = out["reconstruction"].float()
+        rec = reconstruction_loss(x_hat, x, cfg.loss.l1, cfg.loss.l2)
+        nll = rec
+        if self.lpips is not None and x.shape[-2] >= 48:
+            lp = self.lpips(x, x_hat)
+            nll = nll + cfg.lpips.weight * lp
+            logs["lpips"] = float(lp)
+        total = nll + cfg.loss.vq * out["vq_loss"]
+        if "teacher_embedding" in out and cfg.teacher.weight > 0:
+            scale = out["logit_scale"].clamp(max=100.0)
+            lc = clip_loss(out["embedding"].float(), out["teacher_embedding"], scale)
+            total = total + cfg.teacher.weight * lc
+            logs["clip"] = float(lc)
+        if use_gan:
+            self.disc.requires_grad_(False)
+            lg = generator_loss(self.disc(self.daug(x_hat, fade)).float())
+            last = self.gen_engine.module.core.decoder.last_layer_weight()
+            w = adaptive_weight(nll, lg, last, cfg.disc.adaptive_min, cfg.disc.adaptive_max)
+            wg = warm * cfg.disc.weight * w
+            total = total + wg * lg
+            self.disc.requires_grad_(True)
+            logs.update(gan_g=float(lg), gan_weight=float(wg))
+        self._backward(self.gen_engine, total)
+        norm = self._manual_clip(self.gen_engine)
+        self.gen_engine.step()
+        logs["grad_norm"] = float(norm if norm is not None else self.gen_engine.get_global_grad_norm() or 0.0)
+        logs["lr"] = float(self.gen_engine.get_lr()[0])
+        core = self.gen_engine.module.core
+        if core.logit_scale.requires_grad:
+            with torch.no_grad():
+                core.logit_scale.clamp_(0, math.log(100))
+
+        if use_gan:
+            x_d, xh_d = x.detach(), x_hat.detach()
+            real = self.disc_engine(self.daug(x_d, fade)).float()
+            fake = self.disc_engine(self.daug(xh_d, fade)).float()
+            ld = hinge_d_loss(real, fake)
+            loss_d = ld
+            if cfg.disc.bcr > 0:
+                bcr = cfg.disc.bcr * (
+                    F.mse_loss(self.disc_engine(self.bcr_aug(x_d)).float(), real)
+                    + F.mse_loss(self.disc_engine(self.bcr_aug(xh_d)).float(), fake)
+                )
+                loss_d = loss_d + bcr
+                logs["bcr"] = float(bcr)
+            self.disc_engine.backward(loss_d)
+            self._manual_clip(self.disc_engine)
+            self.disc_engine.step()
+            logs.update(disc=float(ld), disc_lr=float(self.disc_engine.get_lr()[0]))
+        logs.update(
+            loss=float(total),
+            rec=float(rec),
+            nll=float(nll),
+            vq=float(out["vq_loss"]),
+            logit_scale=float(out["logit_scale"]),
+            step_time=time.perf_counter() - t0,
+        )
+        self.step += 1
+        return logs
+
+    @staticmethod
+    def _backward(engine, loss: torch.Tensor) -> None:
+        if engine.zero_optimization():
+            engine._backward_prologue()
+        engine.backward(loss)
+
+    def _manual_clip(self, engine) -> float | None:
+        if self.cfg.run.zero_stage > 0 or self.cfg.optim.grad_clip <= 0:
+            return None
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
+
+    # ------------------------------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        stop = min(cfg.run.steps, cfg.run.stop_after or cfg.run.steps)
+        log_file = self.out / "log.jsonl"
+        writer = None
+        if self.rank == 0 and cfg.run.tensorboard:
+            with contextlib.suppress(Exception):
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tensorboard"))
+        bar = None
+        if self.rank == 0 and cfg.run.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, desc=f"stage {cfg.stage}", dynamic_ncols=True, file=sys.stderr)
+        history = []
+        images_per_step = cfg.data.batch_size * self.world
+        t_start = time.perf_counter()
+        start_step = self.step
+        while self.step < stop:
+            batch = self._next_batch()
+            logs = self.train_step(batch)
+            history.append(logs)
+            if self.rank == 0:
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['rec']:.4f}")
+                if self.step % cfg.run.log_every == 0 or self.step == stop:
+                    elapsed = time.perf_counter() - t_start
+                    record = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        **logs,
+                        "codebook_usage": self.gen_engine.module.core.quantizer.usage_per_codebook(),
+                        "steps_per_s": (self.step - start_step) / elapsed,
+                        "images_per_s": (self.step - start_step) * images_per_step / elapsed,
+                        "skipped_images": self.dataset.skipped,
+                    }
+                    with log_file.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if writer is not None:
+                        for k, v in record.items():
+                            if isinstance(v, int | float):
+                                writer.add_scalar(k, v, self.step)
+            if self.step % cfg.run.ckpt_every == 0 or self.step == stop:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        if self.rank == 0 and self.step == cfg.run.steps:
+            export_checkpoint(self.ckpt_dir / f"step-{self.step:08d}", self.out / "export")
+        _barrier()
+        return {"steps": self.step, "history": history}
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Both engines + per-rank RNG/data state into `.tmp-step-N`, then one rename to `step-N` (atomic)."""
+        name = f"step-{self.step:08d}"
+        tmp, final = self.ckpt_dir / f".tmp-{name}", self.ckpt_dir / name
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        self.gen_engine.save_checkpoint(str(tmp), tag="generator", save_latest=False)
+        if self.disc_engine is not None:
+            self.disc_engine.save_checkpoint(str(tmp), tag="discriminator", save_latest=False)
+        quantizer = self.gen_engine.module.core.quantizer
+        torch.save(
+            {
+                "step": self.step,
+                "epoch": self.epoch,
+                "rng": _rng_state(),
+                "data": self.loader.state_dict(),
+                "usage_updates": [cb.usage_updates for cb in quantizer.codebooks],
+            },
+            tmp / f"rank{self.rank:05d}_state.pt",
+        )
+        _barrier()
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "stage": self.cfg.stage,
+                "world_size": self.world,
+                "model_config": self.model_config.to_dict(),
+                "config": self.cfg.to_dict(),
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            latest_tmp = self.ckpt_dir / ".latest.tmp"
+            latest_tmp.write_text(name)
+            os.replace(latest_tmp, self.ckpt_dir / "latest")
+            keep = self.cfg.run.keep_last
+            olds = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
+            for old in olds[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return final
+
+    def load_checkpoint(self, path: str) -> None:
+        ckpt = Path(path)
+        if path == "auto":
+            latest = self.ckpt_dir / "latest"
+            if not latest.exists():
+                return  # nothing to resume: fresh start
+            ckpt = self.ckpt_dir / latest.read_text().strip()
+        elif (ckpt / "latest").is_file() and not (ckpt / STATE_FILE).exists():
+            ckpt = ckpt / (ckpt / "latest").read_text().strip()
+        if not (ckpt / STATE_FILE).exists():
+            raise FileNotFoundError(f"run.resume: {ckpt} is not a training checkpoint (no {STATE_FILE})")
+        saved = json.loads((ckpt / STATE_FILE).read_text())
+        if saved["world_size"] != self.world:
+            raise ValueError(
+                f"run.resume: {ckpt} was written by {saved['world_size']} ranks, this run has {self.world}"
+            )
+        self.gen_engine.load_checkpoint(str(ckpt), tag="generator")
+        if self.disc_engine is not None:
+            self.disc_engine.load_checkpoint(str(ckpt), tag="discriminator")
+        state = torch.load(ckpt / f"rank{self.rank:05d}_state.pt", map_location="cpu", weights_only=False)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.loader.load_state_dict(state["data"])
+        self._iter = None
+        for cb, n in zip(self.gen_engine.module.core.quantizer.codebooks, state["usage_updates"]):
+            cb.usage_updates = n
+        _set_rng_state(state["rng"])
+
+    def close(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(description="Train MedITok (stage 1 or 2) under DeepSpeed, torchrun or python")
+    parser.add_argument("--config", required=True, help="YAML config (packages/tokenizer/configs/*.yaml)")
+    parser.add_argument("--resume", default=None, help="checkpoint directory, or 'auto'")
+    parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.steps=100")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides + ([f"run.resume={args.resume}"] if args.resume else []))
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+    except (AuxModelError, FileNotFoundError) as exc:
+        print(f"meditok-train: error: {exc}", file=sys.stderr)
+        return 2
+    result = trainer.train()
+    if trainer.rank == 0:
+        last = result["history"][-1] if result["history"] else {}
+        print(json.dumps({"final_step": result["steps"], "loss": last.get("loss"), "rec": last.get("rec")}))
+    trainer.close()
+    return 0
