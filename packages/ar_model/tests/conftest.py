@@ -11,7 +11,7 @@ import pytest
 IMAGE_SIZE = 64
 CAPTION = "Chest radiograph. Heart size normal. No pneumothorax."
 QUESTION = "Is there a pneumothorax?"
-ANSWER = "No pneumothorax. Lungs are clear."
+ANSWER = "No pneumothorax."
 
 
 def _require(condition: bool, why: str) -> None:

@@ -96,11 +96,20 @@ def load_lpips(path: str | os.PathLike | None, width_divisor: int | None = None)
 
 
 class LPIPSPerImage:
-    """Per-image LPIPS (the training module's forward averages over the batch; we call it image by image)."""
+    """Per-image LPIPS. The training module's forward averages over the batch, so the same computation (scaling
+    layer, 5 VGG stages, unit-normalised channels, linear heads, spatial mean, sum over stages, as lpips) is done here
+    without that final batch mean; `tests/test_metrics.py` checks it against the module's own forward per image."""
 
     def __init__(self, net):
         self.net = net
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.net(x[i : i + 1].float(), y[i : i + 1].float()).reshape(()) for i in range(len(x))])
+        net = self.net
+        fx, fy = net.net(net.scaling_layer(x.float())), net.net(net.scaling_layer(y.float()))
+        total = 0.0
+        for s, (a, b) in enumerate(zip(fx, fy)):
+            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + getattr(net, f"lin{s}").model[1]((a - b) ** 2).mean(dim=(2, 3))
+        return total.reshape(len(x))

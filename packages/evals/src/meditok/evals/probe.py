@@ -35,6 +35,8 @@ def split_indices(data: EvalSet, test_size: float, seed: int) -> tuple[np.ndarra
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
     idx = np.arange(len(labels))
+    if stratify is not None:  # a stratified split needs at least one test image per class
+        test_size = max(int(np.ceil(test_size * len(labels))), len(counts))
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(test)
 

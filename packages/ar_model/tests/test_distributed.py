@@ -1,0 +1,65 @@
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import meditok.ar.cli
+
+
+def test_pretokenize_sharded_and_resumable(assets, tmp_path):
+    from meditok.data import CodesDataset, Preprocess, read_manifest, write_manifest
+    from meditok.data.samples import sample_paths
+
+    from meditok.ar.pretokenize import pretokenize
+
+    paths = (sample_paths("xray") + sample_paths("ct"))[:5]
+    write_manifest([{"path": str(p), "modality": "xray" if "RG" in p.name else "ct", "caption": f"img {i}"}
+                    for i, p in enumerate(paths)], tmp_path / "m.jsonl")  # fmt: skip
+    out = tmp_path / "codes"
+    kw = dict(size=32, chunk_size=2, world_size=2)
+    first = pretokenize(tmp_path / "m.jsonl", out, assets["image_tok"], rank=0, max_chunks=1, **kw)  # interrupted
+    assert first["new_chunks"] == 1 and not first["complete"] and not (out / "index.json").exists()
+    assert pretokenize(tmp_path / "m.jsonl", out, assets["image_tok"], rank=1, **kw)["complete"] is False
+    again = pretokenize(tmp_path / "m.jsonl", out, assets["image_tok"], rank=0, **kw)  # resume: only chunk 2
+    assert again["new_chunks"] == 1 and again["complete"]
+    samples = list(CodesDataset(out, grid=True))
+    assert sorted(s["caption"] for s in samples) == [f"img {i}" for i in range(len(paths))]
+    rows = read_manifest(tmp_path / "m.jsonl")
+    with torch.no_grad():
+        direct = assets["image_tok"].encode(Preprocess(size=32)(__import__("meditok.data", fromlist=["x"]).load_row(rows[3]))[None])[0]
+    got = next(s for s in samples if s["caption"] == "img 3")["codes"]
+    assert got.shape == (8, 2, 2) and torch.equal(got.reshape(8, 4), direct)
+
+
+def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
+    from meditok.data import write_code_shards
+
+    from meditok.ar.model import MedITokAR
+
+    codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
+    write_code_shards([(codes, {"source": f"x{i}", "caption": f"chest {i}"}) for i in range(2)], tmp_path / "codes")
+    config = {
+        "model": {"base": str(extended_dir), "out": str(tmp_path / "run")},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"codes": str(tmp_path / "codes")},
+        "train": {"steps": 2, "lr": 1e-3, "batch_size": 1, "log_every": 1},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(config))  # YAML is a superset of JSON
+    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
+    port = str(random.Random(os.getpid()).randint(29800, 29999))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(
+        [launcher, "--num_gpus", "2", "--master_port", port, meditok.ar.cli.__file__, "train", "--config",
+         str(tmp_path / "cfg.json")],
+        capture_output=True, text=True, env=env, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2
+    model = MedITokAR.from_pretrained(tmp_path / "run" / "adapter")
+    assert hasattr(model.llm, "peft_config") and np.isfinite(log["losses"]).all()
