@@ -169,12 +169,21 @@ def render(results: dict) -> str:
         + (f"; peak GPU memory {mem['peak_gpu_gib']:.2f} GiB" if mem.get("peak_gpu_gib") else "")
         + ".",
     ]
-    if results.get("reference"):
-        ref = results["reference"]
+    ref = results.get("reference")
+    if ref:
+        ours = results["rows_around_reference"][0]
         lines += [
             "",
             "Against the reference implementation (github Masaaki-75/meditok, built outside this repo with timm 1.0.8, "
-            f"same machine, same weights): {ref}",
+            f"same machine, same weights, B={ours['batch']}; ours timed before and after the reference, median):",
+            "",
+            "| | load s | encode+decode s | process CPU s | peak RSS GiB (fresh process: load + one batch) |",
+            "|---|---|---|---|---|",
+            f"| reference | {ref['load_s']:.1f} | {ref['encode_decode_s']:.2f} | {ref['cpu_s']:.1f} | {ref['peak_rss_gib']:.2f} |",
+            f"| meditok-tokenizer | {results['load_s']:.1f} | {ours['encode_decode_s']:.2f} | {ours['cpu_s']:.1f} "
+            f"| {mem['peak_rss_gib']:.2f} |",
+            f"| ratio | {results['load_s'] / ref['load_s']:.2f}x | **{ours['encode_decode_s'] / ref['encode_decode_s']:.2f}x** "
+            f"| {ours['cpu_s'] / ref['cpu_s']:.2f}x | **{mem['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x** |",
         ]
     return "\n".join(lines) + "\n"
 

@@ -140,3 +140,31 @@ def test_dicom_without_meditok_data_names_the_package(tmp_path, tiny_weights, mo
     monkeypatch.setitem(sys.modules, "meditok.data", None)
     assert main(["encode", str(fake), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")]) == 1
     assert "needs meditok-data (pip install meditok-data)" in capsys.readouterr().err
+
+
+def test_export_reads_a_training_checkpoint_without_deepspeed(tmp_path, tiny, capsys, monkeypatch):
+    """`meditok export` on the checkpoint layout the trainer writes (ZeRO 0-2: the engine's module state in
+    generator/mp_rank_00_model_states.pt): no DeepSpeed import, teacher adapters dropped, `latest` followed."""
+    import json
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # any `import deepspeed` now raises ImportError
+    step = tmp_path / "run" / "checkpoints" / "step-00000004"
+    (step / "generator").mkdir(parents=True)
+    module = {f"core.{k}": v.clone() for k, v in tiny.state_dict().items()}
+    module.update({"text_fc_norm.weight": torch.ones(64), "text_projection.weight": torch.zeros(64, 64)})
+    torch.save({"module": module, "ds_version": "0.19.8"}, step / "generator" / "mp_rank_00_model_states.pt")
+    (step / "trainer_state.json").write_text(
+        json.dumps({"step": 4, "stage": 1, "world_size": 1, "model_config": tiny.config.to_dict()})
+    )
+    (step.parent / "latest").write_text(step.name)
+
+    assert main(["export", str(step.parent), str(tmp_path / "release")]) == 0
+    assert "stage 1, step 4" in capsys.readouterr().out
+    exported = MedITok.from_pretrained(tmp_path / "release")
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value), key
+
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "not a MedITok training checkpoint" in err and "trainer_state.json" in err

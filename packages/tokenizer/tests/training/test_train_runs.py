@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import overrides, run_train
+from train_helpers import overrides, run_train, venv_tool
 
 from meditok.tokenizer import MedITok
 
@@ -67,7 +67,8 @@ def test_stage2_starts_from_stage1(assets, stage1_run, tmp_path):
     state = torch.load(
         out / "checkpoints" / "step-00000002" / "generator" / "mp_rank_00_model_states.pt", weights_only=False
     )["module"]
-    assert state["text_projection.weight"].shape[1] == 64  # the stage-2 text tower's width, not stage 1's adapters
+    # Adapters sized for the stage-2 text tower (hf_bert stand-in: 48-d projection), not stage 1's ViT (64-d).
+    assert state["text_projection.weight"].shape[1] == assets["hf_bert_dim"]
     rec = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert "clip" in rec[0] and rec[0]["rec"] < 0.5
 
@@ -80,14 +81,15 @@ def test_missing_teacher_fails_at_startup(assets, tmp_path):
 
 
 def test_deepspeed_launcher_two_ranks(assets, tmp_path):
-    if shutil.which("deepspeed") is None:
+    deepspeed = venv_tool("deepspeed")
+    if shutil.which(deepspeed) is None:
         pytest.skip("deepspeed launcher not installed")
     out = tmp_path / "ds"
     result = _ok(
         run_train(
             "tiny-cpu-stage1.yaml",
             overrides(assets, out, "run.steps=2", "run.ckpt_every=2", "run.zero_stage=2", "data.batch_size=2"),
-            launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29631"],
+            launcher=[deepspeed, "--num_gpus", "2", "--master_port", "29631"],
             env_extra={"OMP_NUM_THREADS": "1"},
         )
     )

@@ -1,10 +1,11 @@
-"""`meditok` command line: encode, decode, reconstruct, convert, info.
+"""`meditok` command line: encode, decode, reconstruct, convert, info, export.
 
     meditok encode scan1.png scan2.dcm --weights meditok_simple_v1.pth -o codes.npz
     meditok decode codes.npz --weights meditok_simple_v1.pth -o recon/
     meditok reconstruct cxr.png --weights meditok_simple_v1.pth -o recon/     # original | reconstruction PNGs + PSNR
     meditok convert meditok_simple_v1.pth meditok-l/                          # -> config.json + model.safetensors
     meditok info meditok-l/
+    meditok export runs/stage1/checkpoints/step-00001000 meditok-stage1/  # training checkpoint -> release dir
 
 `codes.npz` holds one uint16 array `codes_<i>` of shape [8, h, w] per image, `names` (the source file names) and
 `format` ("meditok-codes-v1"). PNG/JPEG/TIFF/BMP are always readable; DICOM and NIfTI need `meditok-data`.
@@ -190,6 +191,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    # Needs only torch: a ZeRO 0-2 checkpoint's module weights are a plain torch pickle (no DeepSpeed import).
+    from .training.export import export_checkpoint, read_core_state, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        core, _, state = read_core_state(checkpoint)
+    except (FileNotFoundError, KeyError, RuntimeError) as exc:
+        raise CLIError(f"{args.checkpoint}: cannot read the training checkpoint ({exc})") from None
+    low = sorted({str(v.dtype) for v in core.values() if v.is_floating_point() and v.dtype != torch.float32})
+    out = export_checkpoint(checkpoint, args.output)
+    print(f"exported {checkpoint} (stage {state.get('stage')}, step {state.get('step')}) to {out}")
+    if low:
+        print(f"note: the checkpoint's module weights are {', '.join(low)}; the export holds them in fp32")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meditok", description="MedITok medical image tokenizer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a weights file")
     p.add_argument("weights", type=Path)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="training checkpoint -> save_pretrained directory (no DeepSpeed needed)")
+    p.add_argument("checkpoint", type=Path, help="OUT/checkpoints/step-N, or OUT/checkpoints (its 'latest')")
+    p.add_argument("output", type=Path)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

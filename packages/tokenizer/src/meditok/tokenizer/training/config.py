@@ -32,7 +32,8 @@ class DataConfig:
     ct_windowing: bool = True  # stage 1: random CT windows (reference ct_bias 1024); stage 2: off
     augment: bool = True
     seed: int = 0
-    skip_log: str | None = None
+    strict: bool = False  # false: unreadable images are skipped and counted (log.jsonl "skipped_images"); true: raise
+    skip_log: str | None = None  # one line per skipped image
 
 
 @dataclass
@@ -46,8 +47,11 @@ class LPIPSConfig:
 @dataclass
 class TeacherConfig:
     kind: str = "none"  # none | vision | text
-    format: str = "meditok"  # meditok (a directory written by save_teacher) | open_clip (BiomedCLIP, lazy import)
+    # vision: meditok (a directory written by save_aux) | open_clip (BiomedCLIP's open_clip_pytorch_model.bin)
+    # text:   meditok | hf_bert (a local Hugging Face BERT folder + BiomedCLIP's checkpoint; needs transformers)
+    format: str = "meditok"
     path: str | None = None
+    checkpoint: str | None = None  # hf_bert: BiomedCLIP's open_clip_pytorch_model.bin (default: inside `path`)
     weight: float = 0.1  # lc: 0.1 in stage 1, 1.0 in stage 2
     context_length: int = 256
 
@@ -104,6 +108,7 @@ class RunConfig:
     precision: str = "fp32"  # fp32 | bf16
     tensorboard: bool = True
     progress: bool = True
+    plots: bool = True  # rank 0, at the end: loss.png and reconstructions.png beside log.jsonl
     resume: str | None = None  # a checkpoint directory, or "auto" (latest in output_dir/checkpoints)
 
 
@@ -128,6 +133,12 @@ class TrainConfig:
             problems.append(f"stage must be 1 or 2, got {self.stage}")
         if self.teacher.kind not in ("none", "vision", "text"):
             problems.append(f"teacher.kind must be none, vision or text, got {self.teacher.kind!r}")
+        formats = {"vision": ("meditok", "open_clip"), "text": ("meditok", "hf_bert")}.get(self.teacher.kind)
+        if formats and self.teacher.format not in formats:
+            problems.append(
+                f"teacher.format for a {self.teacher.kind} teacher must be one of {list(formats)}, "
+                f"got {self.teacher.format!r}"
+            )
         if self.run.precision not in ("fp32", "bf16"):
             problems.append(f"run.precision must be fp32 or bf16, got {self.run.precision!r}")
         if self.run.zero_stage not in (0, 1, 2):

@@ -32,6 +32,7 @@ from ..api import MedITok
 from ..config import MedITokConfig, get_config
 from .aux_models import AuxModelError, load_disc_backbone, load_lpips, load_text_tower, load_vision_teacher
 from .config import TrainConfig, steps_from_fraction
+from .export import STATE_FILE, export_checkpoint, read_core_state
 from .losses import (
     DiffAug,
     adaptive_weight,
@@ -44,7 +45,6 @@ from .losses import (
 from .nets import DinoDiscriminator
 
 NO_DECAY_KEYS = ("norm_scale", "bn", "ln", "bias", "logit_scale", "norm")
-STATE_FILE = "trainer_state.json"
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
@@ -159,29 +159,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------------------- checkpoints
 
 
-def read_core_state(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(core state dict, discriminator-head state dict, trainer state) from a training checkpoint directory."""
-    ckpt = Path(checkpoint)
-    if (ckpt / "latest").is_file() and not (ckpt / STATE_FILE).exists():
-        ckpt = ckpt / (ckpt / "latest").read_text().strip()
-    state_file = ckpt / STATE_FILE
-    if not state_file.exists():
-        raise FileNotFoundError(f"{ckpt} is not a MedITok training checkpoint (no {STATE_FILE})")
-    trainer_state = json.loads(state_file.read_text())
-    gen = torch.load(ckpt / "generator" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    core = {k[5:]: v for k, v in gen["module"].items() if k.startswith("core.")}
-    disc_file = ckpt / "discriminator" / "mp_rank_00_model_states.pt"
-    disc = torch.load(disc_file, map_location="cpu", weights_only=False)["module"] if disc_file.exists() else {}
-    return core, disc, trainer_state
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Training checkpoint -> a `save_pretrained` directory that `MedITok.from_pretrained` loads."""
-    core, _, state = read_core_state(checkpoint)
-    model = MedITok.from_state_dict(core, MedITokConfig.from_dict(state["model_config"]), source=str(checkpoint))
-    return model.save_pretrained(out_dir)
-
-
 # ------------------------------------------------------------------------------------------------ trainer
 
 
@@ -220,7 +197,10 @@ class Trainer:
             self.teacher = load_vision_teacher(cfg.teacher.path, cfg.teacher.format).to(self.device)
             teacher_dim = self.teacher.config.width
         elif cfg.teacher.kind == "text":
-            self.text_tower = load_text_tower(cfg.teacher.path, cfg.teacher.format).to(self.device)
+            self.text_tower = load_text_tower(
+                cfg.teacher.path, cfg.teacher.format, checkpoint=cfg.teacher.checkpoint,
+                context_length=cfg.teacher.context_length,
+            ).to(self.device)
             teacher_dim = self.text_tower.config.output_dim
         self.teacher_dim = teacher_dim
         self.lpips = load_lpips(cfg.lpips.path, cfg.lpips.width_divisor).to(self.device) if cfg.lpips.enabled else None
@@ -318,7 +298,9 @@ class Trainer:
             raise AuxModelError(f"data.source: file not found: {d.source!r}")
         pre = Preprocess(size=d.image_size, train=d.augment, random_ct_window=d.augment and d.ct_windowing)
         cls = ImageTextDataset if self.cfg.teacher.kind == "text" else ImageDataset
-        self.dataset = cls(d.source, pre, seed=d.seed, rank=self.rank, world_size=self.world, skip_log=d.skip_log)
+        self.dataset = cls(
+            d.source, pre, seed=d.seed, strict=d.strict, rank=self.rank, world_size=self.world, skip_log=d.skip_log
+        )
         self.loader = ResumableLoader(
             self.dataset,
             batch_size=d.batch_size,
@@ -460,6 +442,7 @@ class Trainer:
         images_per_step = cfg.data.batch_size * self.world
         t_start = time.perf_counter()
         start_step = self.step
+        batch = None
         while self.step < stop:
             batch = self._next_batch()
             logs = self.train_step(batch)
@@ -491,10 +474,30 @@ class Trainer:
             bar.close()
         if writer is not None:
             writer.close()
+        result: dict[str, Any] = {"steps": self.step, "history": history}
+        if self.rank == 0 and cfg.run.plots and batch is not None:
+            result.update(self.write_report(batch["image"]))
         if self.rank == 0 and self.step == cfg.run.steps:
             export_checkpoint(self.ckpt_dir / f"step-{self.step:08d}", self.out / "export")
         _barrier()
-        return {"steps": self.step, "history": history}
+        return result
+
+    def write_report(self, images: torch.Tensor) -> dict[str, Any]:
+        """loss.png (the whole log.jsonl, resumed parts included) and reconstructions.png of `images`."""
+        from .report import psnr, save_loss_curve, save_reconstruction_grid
+
+        log_file = self.out / "log.jsonl"
+        records = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+        save_loss_curve(records, self.out / "loss.png")
+        core = self.gen_engine.module.core
+        was_training = core.training
+        core.eval()
+        with torch.no_grad():
+            x = images.to(self.device, torch.float32)
+            x_hat = core(x)["reconstruction"].float()
+        core.train(was_training)
+        save_reconstruction_grid(x, x_hat, self.out / "reconstructions.png")
+        return {"psnr": psnr(x, x_hat)}
 
     # ------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -592,9 +595,21 @@ def main(argv: list[str] | None = None) -> int:
     except (AuxModelError, FileNotFoundError) as exc:
         print(f"meditok-train: error: {exc}", file=sys.stderr)
         return 2
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except Exception as exc:
+        from meditok.data import MedicalImageError
+
+        if not isinstance(exc, MedicalImageError):
+            raise
+        # data.strict: an unreadable image stops the run with one line naming it (lenient mode skips and counts).
+        print(f"meditok-train: error: {exc}", file=sys.stderr)
+        return 2
     if trainer.rank == 0:
         last = result["history"][-1] if result["history"] else {}
-        print(json.dumps({"final_step": result["steps"], "loss": last.get("loss"), "rec": last.get("rec")}))
+        summary = {"final_step": result["steps"], "loss": last.get("loss"), "rec": last.get("rec")}
+        if "psnr" in result:
+            summary["psnr_last_batch"] = result["psnr"]
+        print(json.dumps(summary))
     trainer.close()
     return 0
