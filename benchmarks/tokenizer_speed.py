@@ -188,14 +188,15 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(section_text: str) -> None:
+def update_section(section: str, section_text: str) -> None:
+    """Replace (or append) the `## {section}` block of BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
     text = (
         path.read_text()
         if path.exists()
         else "# Benchmarks\n\nMeasured numbers, each with its command, machine and date.\n"
     )
-    start = text.find(f"## {SECTION}")
+    start = text.find(f"## {section}")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section_text + (text[end + 1 :] if end >= 0 else "")
@@ -258,7 +259,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if not args.no_write:
-        update_benchmarks_md(render(results))
+        update_section(SECTION, render(results))
 
 
 if __name__ == "__main__":
