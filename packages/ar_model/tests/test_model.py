@@ -85,3 +85,33 @@ def test_sequences_and_masks(extended_dir, assets):
         b.conversation([{"from": "human", "value": "<image> <image>"}], [(codes, grid)])
     with pytest.raises(ValueError, match="layout tokens"):
         b.text("see <boi> here")
+
+
+@pytest.mark.parametrize(("family", "architecture"), [("mistral", "MistralForCausalLM"), ("qwen2", "Qwen2ForCausalLM")])
+def test_other_llama_family_bases_extend_save_and_generate(assets, tmp_path, family, architecture):
+    import transformers
+    from transformers import AutoTokenizer
+
+    from meditok.ar.layout import token_ids_to_codes
+
+    text_tok = AutoTokenizer.from_pretrained(assets["llm_dir"])
+    config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
+    config = config_class(vocab_size=len(text_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                          bos_token_id=text_tok.bos_token_id, eos_token_id=text_tok.eos_token_id,
+                          pad_token_id=text_tok.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    base = tmp_path / family
+    getattr(transformers, architecture)(config).save_pretrained(base)
+    text_tok.save_pretrained(base)
+    model = MedITokAR.from_pretrained(base, tokenizer=assets["image_tok_dir"])
+    model.save_pretrained(tmp_path / "extended")
+    saved = json.loads((tmp_path / "extended" / "config.json").read_text())
+    assert saved["model_type"] == family and saved["architectures"] == [ARCHITECTURE]
+    assert saved["meditok_ar"]["base_architecture"] == architecture
+    reloaded = MedITokAR.from_pretrained(tmp_path / "extended")
+    ids = torch.tensor([[1, 50, model.layout.boi_token_id, model.layout.image_token_base + 7]])
+    assert torch.equal(model.llm(ids).logits, reloaded.llm(ids).logits)
+    image, block = reloaded.generate_image("Chest radiograph", size=(32, 16), seed=0, return_tokens=True)
+    codes, grid = token_ids_to_codes(block, reloaded.layout)
+    assert grid == (2, 1) and codes.shape == (8, 2) and image.size == (16, 32)

@@ -122,7 +122,17 @@ def test_dicom_and_nifti_through_meditok_data(tmp_path, tiny_weights, capsys):
     ct_dicom = next(p for p in sample_paths("ct") if p.name == "693_UNCI.dcm" or p.suffix == ".dcm")
     mri_nifti = next(p for p in sample_paths("mri") if p.name.endswith(".nii.gz"))
     out = tmp_path / "r"
-    args = ["reconstruct", str(ct_dicom), str(mri_nifti), "--weights", str(tiny_weights["bare"]), "--size", "64", "-o", str(out)]
+    args = [
+        "reconstruct",
+        str(ct_dicom),
+        str(mri_nifti),
+        "--weights",
+        str(tiny_weights["bare"]),
+        "--size",
+        "64",
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     assert "mean PSNR over 2 images" in capsys.readouterr().out
     panel = np.asarray(Image.open(out / f"{ct_dicom.stem}_recon.png"))

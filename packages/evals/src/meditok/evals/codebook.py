@@ -53,7 +53,8 @@ def write_codebook_report(report: Report, data: EvalSet, result: dict, counts: t
                   for i, s in enumerate(result["per_codebook"])], digits=2)
     m = result["mean"]
     report.text(f"Mean over sub-codebooks: usage {m['usage_pct']:.2f} %, perplexity {m['perplexity']:.1f}, "
-                f"dead codes {m['dead_codes']:.0f}.", "## Per modality")
+                f"dead codes {m['dead_codes']:.0f}.")
+    report.text("## Per modality")
     report.table(["modality", "n", "usage %", "perplexity", "dead codes"],
                  [[g, data.groups.count(g), s["usage_pct"], s["perplexity"], s["dead_codes"]]
                   for g, s in result["per_modality"].items()], digits=2)

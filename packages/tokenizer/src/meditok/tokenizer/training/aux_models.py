@@ -310,16 +310,20 @@ def make_hf_text_standin(directory: str | os.PathLike, seed: int = 0, vocab_word
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    words = vocab_words or (
-        "a an the of image scan slice chest x ray xray ct mri brain lung liver knee fundus skin lesion "
-        "pathology ultrasound endoscopy dermoscopy other normal axial view with and"
-    ).split()
+    words = (
+        vocab_words
+        or (
+            "a an the of image scan slice chest x ray xray ct mri brain lung liver knee fundus skin lesion "
+            "pathology ultrasound endoscopy dermoscopy other normal axial view with and"
+        ).split()
+    )
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = sorted({c for w in words for c in w} | set(".,-;:()/'"))
     vocab = specials + sorted(set(words) - set(chars)) + chars + [f"##{c}" for c in chars]
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = transformers.BertTokenizerFast(str(vocab_file), do_lower_case=True)  # 1st arg: vocab_file (v4) / vocab (v5)
+    # The first argument is `vocab_file` in transformers 4 and `vocab` (a path or a dict) in 5.
+    tokenizer = transformers.BertTokenizerFast(str(vocab_file), do_lower_case=True)
     tokenizer.save_pretrained(str(directory))
     gen = torch.random.get_rng_state()
     torch.manual_seed(seed)

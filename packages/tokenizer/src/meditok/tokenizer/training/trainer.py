@@ -198,7 +198,9 @@ class Trainer:
             teacher_dim = self.teacher.config.width
         elif cfg.teacher.kind == "text":
             self.text_tower = load_text_tower(
-                cfg.teacher.path, cfg.teacher.format, checkpoint=cfg.teacher.checkpoint,
+                cfg.teacher.path,
+                cfg.teacher.format,
+                checkpoint=cfg.teacher.checkpoint,
                 context_length=cfg.teacher.context_length,
             ).to(self.device)
             teacher_dim = self.text_tower.config.output_dim
