@@ -26,11 +26,11 @@ def assets(tmp_path_factory):
     import importlib.util
 
     import torch
+
+    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.data import Preprocess, read_image
     from meditok.data.samples import sample_paths
     from meditok.tokenizer import MedITok
-
-    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
 
     _require(importlib.util.find_spec("torchxrayvision") is not None, "torchxrayvision (IU reports) not installed")
     xrays = sample_paths("xray")
@@ -71,9 +71,8 @@ def trained(assets, extended_dir):
     """One real image + caption + a fixed question, overfitted with LoRA + trainable tokens in one process."""
     import json
 
-    from meditok.data import write_code_shards
-
     from meditok.ar.train import train
+    from meditok.data import write_code_shards
 
     root = assets["root"]
     codes = assets["codes"].reshape(8, *assets["grid"]).numpy()

@@ -4,12 +4,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ANSWER, CAPTION, QUESTION
 
 from meditok.ar.layout import token_ids_to_codes
 from meditok.ar.model import MedITokAR
 from meditok.ar.sequences import collate
-
-from conftest import ANSWER, CAPTION, QUESTION
 
 
 def _batch(model, assets):

@@ -4,7 +4,6 @@ metrics.json are re-derived independently; bad inputs fail before any work."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,25 @@ def test_recon_end_to_end(tmp_path, one_per_modality, tiny_weights, standins, in
     from meditok.tokenizer.preprocessing import to_uint8
 
     out = tmp_path / "recon"
-    assert main(["recon", "--data", str(one_per_modality), "--weights", str(tiny_weights), "--lpips",
-                 standins["lpips"], "--size", "128", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                "--data",
+                str(one_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--lpips",
+                standins["lpips"],
+                "--size",
+                "128",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     names = list(m["tokenizers"])
     assert names == ["MedITok-tiny", "downsample 32x32 (same bits)"]
@@ -61,8 +77,23 @@ def test_codebook_end_to_end(tmp_path, three_per_modality, tiny_weights):
     from meditok.tokenizer import MedITok
 
     out = tmp_path / "codebook"
-    assert main(["codebook", "--data", str(three_per_modality), "--weights", str(tiny_weights), "--size", "64",
-                 "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "codebook",
+                "--data",
+                str(three_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--size",
+                "64",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     data = load_eval_set(three_per_modality, size=64, progress=False)
     codes = MedITok.from_pretrained(tiny_weights).encode(data.images).numpy()
@@ -96,8 +127,9 @@ def _derm_npz(path: Path, per_class: int = 24) -> Path:
     order = np.random.default_rng(0).permutation(len(images))
     images, labels = images[order], labels[order]
     cut = int(0.7 * len(images))
-    np.savez(path, train_images=images[:cut], train_labels=labels[:cut], test_images=images[cut:],
-             test_labels=labels[cut:])
+    np.savez(
+        path, train_images=images[:cut], train_labels=labels[:cut], test_images=images[cut:], test_labels=labels[cut:]
+    )
     return path
 
 
@@ -106,8 +138,27 @@ def test_probe_end_to_end(tmp_path, three_per_modality, tiny_weights):
 
     npz = _derm_npz(tmp_path / "dermmnist.npz")
     out = tmp_path / "probe"
-    assert main(["probe", "--data", str(npz), "--data", str(three_per_modality), "--weights", str(tiny_weights),
-                 "--feature", "both", "--size", "32", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--data",
+                str(npz),
+                "--data",
+                str(three_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--feature",
+                "both",
+                "--size",
+                "32",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert set(m["datasets"]) == {"dermmnist", "three_per_modality"}
     derm = m["datasets"]["dermmnist"]
@@ -127,8 +178,27 @@ def test_zeroshot_end_to_end(tmp_path, three_per_modality, tiny_weights, standin
     prompts = tmp_path / "prompts.json"
     classes = ["ct", "mri", "xray", "ultrasound", "pathology", "fundus", "dermoscopy"]
     prompts.write_text(json.dumps({c: [f"A {c} image.", f"a medical {c} scan"] for c in classes}))
-    assert main(["zeroshot", "--data", str(three_per_modality), "--weights", str(tiny_weights), "--text-tower",
-                 standins["text_tower"], "--prompts", str(prompts), "--size", "64", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--data",
+                str(three_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--text-tower",
+                standins["text_tower"],
+                "--prompts",
+                str(prompts),
+                "--size",
+                "64",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     logits, targets = np.array(m["logits"]), np.array(m["targets"])
     assert logits.shape == (len(three_per_modality.read_text().splitlines()), 7)
@@ -137,8 +207,25 @@ def test_zeroshot_end_to_end(tmp_path, three_per_modality, tiny_weights, standin
     # bad inputs are refused before the images are read
     bad = tmp_path / "bad_prompts.json"
     bad.write_text(json.dumps({"ct": ["A CT image."]}))
-    assert main(["zeroshot", "--data", str(three_per_modality), "--weights", str(tiny_weights), "--text-tower",
-                 standins["text_tower"], "--prompts", str(bad), "-o", str(tmp_path / "z2"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--data",
+                str(three_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--text-tower",
+                standins["text_tower"],
+                "--prompts",
+                str(bad),
+                "-o",
+                str(tmp_path / "z2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "z2").exists()
 
 
@@ -147,8 +234,23 @@ def test_zeroshot_rejects_a_text_tower_of_the_wrong_width(tmp_path, three_per_mo
     from meditok.tokenizer.training.nets import TextConfig, TextTower
 
     tower = save_aux(TextTower(TextConfig(output_dim=32)), tmp_path / "tower32")
-    assert main(["zeroshot", "--data", str(three_per_modality), "--weights", str(tiny_weights), "--text-tower",
-                 str(tower), "-o", str(tmp_path / "z"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--data",
+                str(three_per_modality),
+                "--weights",
+                str(tiny_weights),
+                "--text-tower",
+                str(tower),
+                "-o",
+                str(tmp_path / "z"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "32-d" in capsys.readouterr().err
 
 
@@ -166,8 +268,9 @@ def test_gen_end_to_end(tmp_path, one_per_modality, samples_dir, inception):
         (gen_dir / r.modality).mkdir(parents=True, exist_ok=True)
         to_pil(Preprocess(size=64)(load_row(r)).unsqueeze(0))[0].save(gen_dir / r.modality / f"{i}.png")
     out = tmp_path / "gen"
-    assert main(["gen", "--real", str(real), "--generated", str(gen_dir), "--size", "64", "-o", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["gen", "--real", str(real), "--generated", str(gen_dir), "--size", "64", "-o", str(out), "--quiet"]) == 0
+    )
     m = _metrics(out)
     assert set(m["per_group"]) == {"dermoscopy", "mri"}
     for r in [*m["per_group"].values(), m["overall"]]:
@@ -181,7 +284,9 @@ def test_gen_with_a_callable_generator(tmp_path, one_per_modality, inception, mo
     import types
 
     mod = types.ModuleType("fake_generator")
-    mod.generate = lambda group, n, seed: torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    mod.generate = lambda group, n, seed: (
+        torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    )
     monkeypatch.setitem(sys.modules, "fake_generator", mod)
     real = tmp_path / "real.jsonl"
     rows = [json.loads(x) for x in one_per_modality.read_text().splitlines()][:2]
@@ -189,24 +294,63 @@ def test_gen_with_a_callable_generator(tmp_path, one_per_modality, inception, mo
         r["path"] = str(one_per_modality.parent / r["path"])
     real.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "gen_fn"
-    assert main(["gen", "--real", str(real), "--generator", "fake_generator:generate", "--n-per-group", "3",
-                 "--size", "64", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "gen",
+                "--real",
+                str(real),
+                "--generator",
+                "fake_generator:generate",
+                "--n-per-group",
+                "3",
+                "--size",
+                "64",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert m["overall"]["n_generated"] == 6 and m["overall"]["fid"] > 10  # noise is far from real images
 
 
 def test_bench_end_to_end(tmp_path, tiny_weights):
     out = tmp_path / "bench"
-    assert main(["bench", "--weights", str(tiny_weights), "--script", str(ROOT / "benchmarks/tokenizer_speed.py"),
-                 "--batch-sizes", "1", "2", "--size", "64", "--repeats", "1", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--weights",
+                str(tiny_weights),
+                "--script",
+                str(ROOT / "benchmarks/tokenizer_speed.py"),
+                "--batch-sizes",
+                "1",
+                "2",
+                "--size",
+                "64",
+                "--repeats",
+                "1",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert [r["batch"] for r in m["rows"]] == [1, 2]
     assert all(r["encode_img_s"] > 0 and r["decode_img_s"] > 0 for r in m["rows"])
     assert m["config"] == "tiny" and m["memory"]["peak_rss_gib"] > 0
 
 
-@pytest.mark.parametrize("case", ["weights", "manifest_missing", "manifest_malformed", "image_missing", "lpips",
-                                  "inception", "npz", "script"])
+@pytest.mark.parametrize(
+    "case",
+    ["weights", "manifest_missing", "manifest_malformed", "image_missing", "lpips", "inception", "npz", "script"],
+)
 def test_bad_inputs_fail_before_work(tmp_path, one_per_modality, tiny_weights, case, capsys, monkeypatch):
     out = tmp_path / "out"
     data = str(one_per_modality)

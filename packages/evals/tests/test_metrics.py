@@ -49,8 +49,15 @@ def test_psnr_ssim_equal_scikit_image_on_real_images(real_pairs):
         a, b = to_uint8(real), to_uint8(fake)
         for i in range(len(real)):
             ref_psnr = peak_signal_noise_ratio(a[i], b[i], data_range=255)
-            ref_ssim = structural_similarity(a[i], b[i], channel_axis=-1, data_range=255, gaussian_weights=True,
-                                             sigma=1.5, use_sample_covariance=False)
+            ref_ssim = structural_similarity(
+                a[i],
+                b[i],
+                channel_axis=-1,
+                data_range=255,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
             assert psnr[i].item() == pytest.approx(ref_psnr, abs=1e-4)
             assert ssim[i].item() == pytest.approx(ref_ssim, abs=2e-4)
     # the two distortions really differ (the test would catch swapped arguments or a constant)

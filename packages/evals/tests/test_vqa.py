@@ -14,23 +14,77 @@ from meditok.evals.cli import main
 from meditok.evals.errors import EvalError
 
 QUESTIONS = [
-    {"qid": 1, "image": "img.png", "question": "Is there a fracture?\n<image>", "answer": "Yes", "answer_type": "CLOSED",
-     "dataset": "vqa-rad"},
-    {"qid": 2, "image": "img.png", "question": "Is the heart enlarged?", "answer": "no", "answer_type": "CLOSED",
-     "dataset": "vqa-rad"},
-    {"qid": 3, "image": "img.png", "question": "Which side is the lesion on?", "answer": "left",
-     "answer_type": "CLOSED", "dataset": "vqa-rad"},
-    {"qid": 4, "image": "img.png", "question": "Where is the opacity?", "answer": "right lower lobe",
-     "answer_type": "OPEN", "dataset": "vqa-rad"},
-    {"qid": 5, "image": "img.png", "question": "What modality is this?", "answer": "CT", "answer_type": "OPEN",
-     "dataset": "vqa-rad"},
-    {"qid": 6, "Figure_path": "img.png", "Question": "Which organ is shown?", "Choice A": "A:Heart",
-     "Choice B": "B:Liver", "Choice C": "C:Kidney", "Choice D": "D:Lung", "Answer_label": "B", "Answer": "Liver",
-     "dataset": "pmc-vqa"},
-    {"qid": 7, "Figure_path": "img.png", "Question": "Which organ is abnormal?", "Choice A": "A:Heart",
-     "Choice B": "B:Liver", "Choice C": "C:Kidney", "Choice D": "D:Lung", "Answer": "Kidney", "dataset": "pmc-vqa"},
-    {"qid": 8, "image": "img.png", "question": "Which structure is marked?",
-     "options": {"A": "Heart", "B": "Aorta", "C": "Spine", "D": "Rib"}, "answer": "A", "dataset": "pmc-vqa"},
+    {
+        "qid": 1,
+        "image": "img.png",
+        "question": "Is there a fracture?\n<image>",
+        "answer": "Yes",
+        "answer_type": "CLOSED",
+        "dataset": "vqa-rad",
+    },
+    {
+        "qid": 2,
+        "image": "img.png",
+        "question": "Is the heart enlarged?",
+        "answer": "no",
+        "answer_type": "CLOSED",
+        "dataset": "vqa-rad",
+    },
+    {
+        "qid": 3,
+        "image": "img.png",
+        "question": "Which side is the lesion on?",
+        "answer": "left",
+        "answer_type": "CLOSED",
+        "dataset": "vqa-rad",
+    },
+    {
+        "qid": 4,
+        "image": "img.png",
+        "question": "Where is the opacity?",
+        "answer": "right lower lobe",
+        "answer_type": "OPEN",
+        "dataset": "vqa-rad",
+    },
+    {
+        "qid": 5,
+        "image": "img.png",
+        "question": "What modality is this?",
+        "answer": "CT",
+        "answer_type": "OPEN",
+        "dataset": "vqa-rad",
+    },
+    {
+        "qid": 6,
+        "Figure_path": "img.png",
+        "Question": "Which organ is shown?",
+        "Choice A": "A:Heart",
+        "Choice B": "B:Liver",
+        "Choice C": "C:Kidney",
+        "Choice D": "D:Lung",
+        "Answer_label": "B",
+        "Answer": "Liver",
+        "dataset": "pmc-vqa",
+    },
+    {
+        "qid": 7,
+        "Figure_path": "img.png",
+        "Question": "Which organ is abnormal?",
+        "Choice A": "A:Heart",
+        "Choice B": "B:Liver",
+        "Choice C": "C:Kidney",
+        "Choice D": "D:Lung",
+        "Answer": "Kidney",
+        "dataset": "pmc-vqa",
+    },
+    {
+        "qid": 8,
+        "image": "img.png",
+        "question": "Which structure is marked?",
+        "options": {"A": "Heart", "B": "Aorta", "C": "Spine", "D": "Rib"},
+        "answer": "A",
+        "dataset": "pmc-vqa",
+    },
 ]
 PREDICTIONS = {
     "1": "yes, there is a fracture.",  # closed, correct (first yes/no word)
@@ -56,8 +110,16 @@ def qa_files(tmp_path) -> tuple[Path, Path]:
 def test_scorer_gives_the_hand_computed_numbers(qa_files):
     questions = vqa.load_questions(qa_files[0])
     kinds = {q.qid: q.kind for q in questions}
-    assert kinds == {"1": "closed", "2": "closed", "3": "closed", "4": "open", "5": "open", "6": "choice",
-                     "7": "choice", "8": "choice"}
+    assert kinds == {
+        "1": "closed",
+        "2": "closed",
+        "3": "closed",
+        "4": "open",
+        "5": "open",
+        "6": "choice",
+        "7": "choice",
+        "8": "choice",
+    }
     assert [q.answer for q in questions[5:]] == ["B", "C", "A"]
     assert "<image>" not in questions[0].question
     result = vqa.score(questions, vqa.load_predictions(qa_files[1]))
@@ -96,8 +158,10 @@ def test_bad_files_fail_clearly(tmp_path, qa_files):
 
 def test_cli_scores_a_prediction_file(qa_files, tmp_path):
     out = tmp_path / "vqa"
-    assert main(["vqa", "--questions", str(qa_files[0]), "--predictions", str(qa_files[1]), "-o", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["vqa", "--questions", str(qa_files[0]), "--predictions", str(qa_files[1]), "-o", str(out), "--quiet"])
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["overall"]["closed_accuracy"] == pytest.approx(2 / 3)
     assert (out / "vqa_per_dataset.png").stat().st_size > 1000
@@ -159,8 +223,10 @@ def test_openai_client_against_a_local_server(fake_server, tmp_path, one_per_mod
     q = tmp_path / "questions.jsonl"
     q.write_text("".join(json.dumps(x) + "\n" for x in QUESTIONS))
     out = tmp_path / "vqa_http"
-    assert main(["vqa", "--questions", str(q), "--url", fake_server + "/v1", "--api-key", "k", "-o", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["vqa", "--questions", str(q), "--url", fake_server + "/v1", "--api-key", "k", "-o", str(out), "--quiet"])
+        == 0
+    )
     reqs = _FakeServer.requests
     assert len(reqs) == len(QUESTIONS) and reqs[0]["path"] == "/v1/chat/completions"
     assert reqs[0]["model"] == "meditok-ar-fake" and reqs[0]["auth"] == "Bearer k"

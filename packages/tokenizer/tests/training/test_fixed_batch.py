@@ -15,7 +15,7 @@ from train_helpers import overrides, run_train, venv_tool
 
 from meditok.tokenizer import MedITok
 
-STEPS = 40
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_loss_falls_on_a_fixed_real_batch(fixed_run):
     rec = np.array([r["rec"] for r in records])
     loss = np.array([r["loss"] for r in records])
     first, last = rec[:3].mean(), rec[-5:].mean()
-    # Measured: rec 0.72 (mean of steps 1-3) -> 0.19 (steps 36-40); the run is deterministic (fp32 CPU, fixed
+    # Measured (40 steps): rec 0.72 (mean of steps 1-3) -> 0.19 (steps 36-40), 0.20 by step 25; the run is deterministic (fp32 CPU, fixed
     # seeds). Half is a loose bar that a broken backward / optimiser step cannot pass.
     assert last < 0.5 * first, (first, last)
     assert loss[-5:].mean() < loss[:3].mean()

@@ -1,4 +1,4 @@
-"""meditok-ar: pretokenize | train | merge | answer | generate-image | info."""
+"""meditok-ar: pretokenize | train | merge | answer | generate-image | info | serve."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
+    p.add_argument("--server", help="URL of a MedITok-AR vLLM server (meditok-ar serve): sample there, decode here")
+
+    p = sub.add_parser("serve", help="vLLM OpenAI server with the MedITok plugin (needs meditok-ar[vllm])")
+    p.add_argument("model")
+    p.add_argument("--image-size", type=int, help="pixels every input image is resized to (default 256)")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="passed on to vLLM, e.g. --dtype float32 --port 8000")
 
     p = sub.add_parser("info", help="print a model folder's layout")
     p.add_argument("model")
@@ -83,6 +89,25 @@ def _run(args: argparse.Namespace) -> int:
 
         config = json.loads((Path(args.model) / "config.json").read_text())
         print(json.dumps({"architectures": config.get("architectures"), **TokenLayout.from_config(config).to_config()}, indent=2))
+        return 0
+    if args.command == "serve":
+        from meditok.ar.vllm_plugin.client import serve
+
+        rest, image_size = list(args.vllm_args), args.image_size
+        if "--image-size" in rest:  # argparse.REMAINDER also swallows our own flag when it follows the model
+            i = rest.index("--image-size")
+            image_size = int(rest[i + 1])
+            del rest[i : i + 2]
+        serve(args.model, rest, image_size)  # replaces this process
+        return 0
+    if args.command == "generate-image" and args.server:
+        from meditok.ar.vllm_plugin.client import generate_image_via_server
+
+        if args.cfg_scale is not None:
+            raise ValueError("--cfg-scale needs the transformers path (drop --server): vLLM cannot run CFG")
+        generate_image_via_server(args.server, args.model, args.prompt, _size(args.size), args.out,
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+        print(args.out)
         return 0
     from meditok.ar.model import MedITokAR
 

@@ -64,6 +64,7 @@ def load_code_table(codes_dir: str | os.PathLike) -> dict[str, tuple[torch.Tenso
     import io
 
     import numpy as np
+
     from meditok.data import ShardIndex
     from meditok.data.shards import iter_shard
 

@@ -46,8 +46,9 @@ class MedITokAdapter:
         self.tok, self.name, self.feature = tokenizer, name, feature
 
     @classmethod
-    def from_path(cls, path: str | Path, name: str | None = None, feature: str = "features",
-                  device: str = "cpu") -> MedITokAdapter:
+    def from_path(
+        cls, path: str | Path, name: str | None = None, feature: str = "features", device: str = "cpu"
+    ) -> MedITokAdapter:
         return cls(load_meditok(path, device), name or f"MedITok ({Path(path).name})", feature)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +123,9 @@ def load_adapter(spec: str):
         raise EvalError(f"cannot import adapter {target!r}: {exc}") from None
     adapter = factory(argument) if argument else factory()
     if not isinstance(adapter, (TokenizerAdapter, FeatureAdapter)):
-        raise EvalError(f"{spec!r} returned {type(adapter).__name__}, which has neither encode/decode/bits_per_image "
-                        "nor features")
+        raise EvalError(
+            f"{spec!r} returned {type(adapter).__name__}, which has neither encode/decode/bits_per_image nor features"
+        )
     return adapter
 
 

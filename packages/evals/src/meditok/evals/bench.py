@@ -27,8 +27,10 @@ def find_script(path: str | None) -> Path:
     for c in candidates:
         if c.exists():
             return c
-    raise EvalError(f"cannot find {SCRIPT} (the tokenizer's benchmark): run from the MedITok checkout, set "
-                    "MEDITOK_ROOT, or pass --script PATH")
+    raise EvalError(
+        f"cannot find {SCRIPT} (the tokenizer's benchmark): run from the MedITok checkout, set "
+        "MEDITOK_ROOT, or pass --script PATH"
+    )
 
 
 def load_script(path: Path):
@@ -41,8 +43,17 @@ def load_script(path: Path):
     return module
 
 
-def run_bench(script: Path, weights: str, *, device: str, dtype: str, batch_sizes: list[int], size: int,
-              repeats: int, memory: bool = True) -> dict:
+def run_bench(
+    script: Path,
+    weights: str,
+    *,
+    device: str,
+    dtype: str,
+    batch_sizes: list[int],
+    size: int,
+    repeats: int,
+    memory: bool = True,
+) -> dict:
     import torch
 
     from meditok.evals.adapters import load_meditok
@@ -53,23 +64,44 @@ def run_bench(script: Path, weights: str, *, device: str, dtype: str, batch_size
         tok = tok.to_inference(device, getattr(torch, dtype))
     rows = bench.time_batches(tok, batch_sizes, size, repeats, device)
     mem = bench.measure_rss(Path(weights), device, dtype, size) if memory else None
-    return {"rows": rows, "memory": mem, "machine": bench.machine(), "parameters": tok.num_parameters(),
-            "config": tok.config.name, "device": device, "dtype": dtype, "size": size, "repeats": repeats,
-            "script": str(script)}
+    return {
+        "rows": rows,
+        "memory": mem,
+        "machine": bench.machine(),
+        "parameters": tok.num_parameters(),
+        "config": tok.config.name,
+        "device": device,
+        "dtype": dtype,
+        "size": size,
+        "repeats": repeats,
+        "script": str(script),
+    }
 
 
 def write_bench_report(report: Report, r: dict) -> None:
-    report.text(f"Tokenizer `{r['config']}` ({r['parameters']:,} parameters), {r['dtype']} on {r['device']}, "
-                f"{r['size']}x{r['size']}, median of {r['repeats']} runs after a warm-up ({r['machine']}); timing "
-                f"code: `{r['script']}`.")
-    report.table(["batch", "encode s", "decode s", "encode img/s", "decode img/s"],
-                 [[x["batch"], x["encode_s"], x["decode_s"], x["encode_img_s"], x["decode_img_s"]] for x in r["rows"]],
-                 digits=3)
+    report.text(
+        f"Tokenizer `{r['config']}` ({r['parameters']:,} parameters), {r['dtype']} on {r['device']}, "
+        f"{r['size']}x{r['size']}, median of {r['repeats']} runs after a warm-up ({r['machine']}); timing "
+        f"code: `{r['script']}`."
+    )
+    report.table(
+        ["batch", "encode s", "decode s", "encode img/s", "decode img/s"],
+        [[x["batch"], x["encode_s"], x["decode_s"], x["encode_img_s"], x["decode_img_s"]] for x in r["rows"]],
+        digits=3,
+    )
     if r["memory"]:
         gpu = r["memory"].get("peak_gpu_gib")
-        report.text(f"Peak RSS of a fresh process loading the weights and encoding+decoding a batch of 2: "
-                    f"{r['memory']['peak_rss_gib']:.2f} GiB" + (f"; peak GPU {gpu:.2f} GiB" if gpu else "") + ".")
-    plots.grouped_bars({"encode": {str(x["batch"]): x["encode_img_s"] for x in r["rows"]},
-                        "decode": {str(x["batch"]): x["decode_img_s"] for x in r["rows"]}},
-                       report.figure("throughput.png", "images/s per batch size"), "images/s", "batch size")
+        report.text(
+            f"Peak RSS of a fresh process loading the weights and encoding+decoding a batch of 2: "
+            f"{r['memory']['peak_rss_gib']:.2f} GiB" + (f"; peak GPU {gpu:.2f} GiB" if gpu else "") + "."
+        )
+    plots.grouped_bars(
+        {
+            "encode": {str(x["batch"]): x["encode_img_s"] for x in r["rows"]},
+            "decode": {str(x["batch"]): x["decode_img_s"] for x in r["rows"]},
+        },
+        report.figure("throughput.png", "images/s per batch size"),
+        "images/s",
+        "batch size",
+    )
     report.metrics.update(r)

@@ -142,10 +142,12 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             resolve_inception(args.inception)
         adapters = _adapters(args)
         inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
-        data = load_eval_set(args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality,
-                             progress=progress)
-        results, recons = evaluate_recon(data, adapters, inception=inception, lpips=lpips,
-                                         batch_size=args.batch_size, progress=progress)
+        data = load_eval_set(
+            args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
+        )
+        results, recons = evaluate_recon(
+            data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
+        )
         report = Report(args.out, "meditok-eval recon")
         notes = []
         if lpips is None:
@@ -163,8 +165,9 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         _check_size(args.size)
         load_manifest(args.data)
         tok = load_meditok(args.weights, args.device)
-        data = load_eval_set(args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality,
-                             progress=progress)
+        data = load_eval_set(
+            args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
+        )
         result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
         report = Report(args.out, "meditok-eval codebook")
         write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
@@ -179,40 +182,70 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         adapters = _adapters(args, modes)
         results = {}
         for d in args.data:
-            data = (load_npz(d, size=args.size, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
-                    if d.endswith(".npz") else
-                    load_eval_set(d, size=args.size, resize=args.resize, label_key=args.label_key,
-                                  limit_per_group=args.limit_per_modality, progress=progress))
-            results[data.name] = evaluate_probe(data, adapters, batch_size=args.batch_size, test_size=args.test_size,
-                                                seed=args.seed, c=args.C, progress=progress)
+            data = (
+                load_npz(d, size=args.size, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
+                if d.endswith(".npz")
+                else load_eval_set(
+                    d,
+                    size=args.size,
+                    resize=args.resize,
+                    label_key=args.label_key,
+                    limit_per_group=args.limit_per_modality,
+                    progress=progress,
+                )
+            )
+            results[data.name] = evaluate_probe(
+                data,
+                adapters,
+                batch_size=args.batch_size,
+                test_size=args.test_size,
+                seed=args.seed,
+                c=args.C,
+                progress=progress,
+            )
         report = Report(args.out, "meditok-eval probe")
         write_probe_report(report, results, [])
     elif cmd == "zeroshot":
         from meditok.evals.adapters import load_meditok
         from meditok.evals.data import load_eval_set, load_manifest
-        from meditok.evals.zeroshot import check_dims, evaluate_zeroshot, load_prompts, load_text_tower, write_zeroshot_report
+        from meditok.evals.zeroshot import (
+            check_dims,
+            evaluate_zeroshot,
+            load_prompts,
+            load_text_tower,
+            write_zeroshot_report,
+        )
 
         _check_size(args.size)
         rows = load_manifest(args.data, label_key=args.label_key)
         tok = load_meditok(args.weights, args.device)
         tower = load_text_tower(args.text_tower)
         check_dims(tok, tower)
-        labels = sorted({str(r.modality if args.label_key == "modality" else r.extra.get(args.label_key)) for r in rows})
+        labels = sorted(
+            {str(r.modality if args.label_key == "modality" else r.extra.get(args.label_key)) for r in rows}
+        )
         classes = args.classes or labels
         unknown = sorted(set(labels) - set(classes))
         if unknown:
             raise EvalError(f"the data has labels {unknown} that are not among --classes {classes}")
         prompts = load_prompts(args.prompts, classes)
-        data = load_eval_set(args.data, size=args.size, resize=args.resize, label_key=args.label_key,
-                             limit_per_group=args.limit_per_modality, progress=progress)
+        data = load_eval_set(
+            args.data,
+            size=args.size,
+            resize=args.resize,
+            label_key=args.label_key,
+            limit_per_group=args.limit_per_modality,
+            progress=progress,
+        )
         m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress)
         report = Report(args.out, "meditok-eval zeroshot")
         write_zeroshot_report(report, data, classes, m, [f"Text tower: `{args.text_tower}`."])
     elif cmd == "vqa":
         from meditok.evals import vqa
 
-        questions = [q for f in args.questions for q in vqa.load_questions(f, args.image_root,
-                                                                           check_images=not args.predictions)]
+        questions = [
+            q for f in args.questions for q in vqa.load_questions(f, args.image_root, check_images=not args.predictions)
+        ]
         if args.predictions:
             preds, name = vqa.load_predictions(args.predictions), f"`{args.predictions}`"
         else:
@@ -228,7 +261,8 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             import json
 
             (out / "predictions.jsonl").write_text(
-                "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items()))
+                "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items())
+            )
         result = vqa.score(questions, preds, strict=not args.allow_missing)
         report = Report(args.out, "meditok-eval vqa")
         vqa.write_vqa_report(report, result, name, [])
@@ -250,11 +284,15 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             model = load_ar_model(args.model_path)
             fn = lambda group, n, seed: model.generate_image(group, n, seed=seed)  # noqa: E731
         inception = InceptionFeatures(args.inception, args.device)
-        real_set = load_eval_set(args.real, size=args.size, resize=args.resize,
-                                 limit_per_group=args.limit_per_modality, progress=progress)
+        real_set = load_eval_set(
+            args.real, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
+        )
         real = gen.group_real(real_set.images, real_set.groups)
-        fake = gen.load_folder_images(folder, args.size, progress) if folder else gen.generate(
-            fn, sorted(real), args.n_per_group, args.seed, progress)
+        fake = (
+            gen.load_folder_images(folder, args.size, progress)
+            if folder
+            else gen.generate(fn, sorted(real), args.n_per_group, args.seed, progress)
+        )
         result = gen.evaluate_gen(real, fake, inception, args.k, progress)
         report = Report(args.out, "meditok-eval gen")
         source = f"`{args.generated}`" if folder else f"`{args.generator or args.model_path}`"
@@ -265,8 +303,16 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         script = find_script(args.script)
         if not Path(args.weights).exists():
             raise EvalError(f"tokenizer weights not found: {args.weights}")
-        r = run_bench(script, args.weights, device=args.device, dtype=args.dtype, batch_sizes=args.batch_sizes,
-                      size=args.size, repeats=args.repeats, memory=not args.no_memory)
+        r = run_bench(
+            script,
+            args.weights,
+            device=args.device,
+            dtype=args.dtype,
+            batch_sizes=args.batch_sizes,
+            size=args.size,
+            repeats=args.repeats,
+            memory=not args.no_memory,
+        )
         report = Report(args.out, "meditok-eval bench")
         write_bench_report(report, r)
     else:  # pragma: no cover - argparse enforces the choices

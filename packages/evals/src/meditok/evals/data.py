@@ -41,8 +41,7 @@ def _row_value(row, key: str):
     return row.extra.get(key)
 
 
-def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_group: int | None = None,
-                  seed: int = 0):
+def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_group: int | None = None, seed: int = 0):
     """Read and validate a manifest (.jsonl or the reference's .csv). Returns the rows (meditok-data ManifestRow).
 
     ``limit_per_group`` keeps at most that many rows per modality (spread evenly, deterministic)."""
@@ -81,8 +80,15 @@ def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_g
     return rows
 
 
-def images_from_rows(rows, *, size: int = 256, resize: str = "crop", name: str = "data", label_key: str | None = None,
-                     progress: bool = True) -> EvalSet:
+def images_from_rows(
+    rows,
+    *,
+    size: int = 256,
+    resize: str = "crop",
+    name: str = "data",
+    label_key: str | None = None,
+    progress: bool = True,
+) -> EvalSet:
     """Decode and preprocess manifest rows (meditok-data `Preprocess`, eval mode) into an `EvalSet`."""
     from meditok.data import MedicalImageError, Preprocess, load_row
 
@@ -100,11 +106,19 @@ def images_from_rows(rows, *, size: int = 256, resize: str = "crop", name: str =
     return EvalSet(name, torch.stack(images), groups, keys, labels, splits)
 
 
-def load_eval_set(path: str | Path, *, size: int = 256, resize: str = "crop", label_key: str | None = None,
-                  limit_per_group: int | None = None, progress: bool = True) -> EvalSet:
+def load_eval_set(
+    path: str | Path,
+    *,
+    size: int = 256,
+    resize: str = "crop",
+    label_key: str | None = None,
+    limit_per_group: int | None = None,
+    progress: bool = True,
+) -> EvalSet:
     rows = load_manifest(path, label_key=label_key, limit_per_group=limit_per_group)
-    return images_from_rows(rows, size=size, resize=resize, name=Path(path).stem, label_key=label_key,
-                            progress=progress)
+    return images_from_rows(
+        rows, size=size, resize=resize, name=Path(path).stem, label_key=label_key, progress=progress
+    )
 
 
 def check_npz(path: str | Path) -> dict:
@@ -132,8 +146,9 @@ def check_npz(path: str | Path) -> dict:
     return counts
 
 
-def load_npz(path: str | Path, *, size: int = 64, max_per_split: int | None = None, seed: int = 0,
-             progress: bool = True) -> EvalSet:
+def load_npz(
+    path: str | Path, *, size: int = 64, max_per_split: int | None = None, seed: int = 0, progress: bool = True
+) -> EvalSet:
     """MedMNIST NPZ -> EvalSet with splits 'train' and 'test' (``val`` is used as test when there is no test)."""
     from meditok.tokenizer.preprocessing import preprocess
 

@@ -29,8 +29,11 @@ def scan_folder(folder: str | Path) -> dict[str, list[Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalError(f"generated-image folder not found: {folder}")
-    groups = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-              for d in sorted(folder.iterdir()) if d.is_dir()}
+    groups = {
+        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+    }
     groups = {g: ps for g, ps in groups.items() if ps}
     if not groups:
         raise EvalError(f"{folder}: expected images in per-group sub-folders DIR/<group>/*.png")
@@ -42,8 +45,12 @@ def load_folder_images(groups: dict[str, list[Path]], size: int, progress: bool 
 
     out = {}
     for g, paths in groups.items():
-        out[g] = torch.cat([preprocess(Image.open(p), size=size, resize="crop")
-                            for p in tqdm(paths, desc=f"load generated {g}", disable=not progress)])
+        out[g] = torch.cat(
+            [
+                preprocess(Image.open(p), size=size, resize="crop")
+                for p in tqdm(paths, desc=f"load generated {g}", disable=not progress)
+            ]
+        )
     return out
 
 
@@ -65,8 +72,9 @@ def generate(fn, groups: list[str], n: int, seed: int, progress: bool = True) ->
     return out
 
 
-def evaluate_gen(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], inception, k: int = 3,
-                 progress: bool = True) -> dict:
+def evaluate_gen(
+    real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], inception, k: int = 3, progress: bool = True
+) -> dict:
     common = sorted(set(real) & set(fake))
     if not common:
         raise EvalError(f"no group is both real and generated: real {sorted(real)}, generated {sorted(fake)}")
@@ -85,27 +93,38 @@ def evaluate_gen(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], i
     all_r, all_f = np.concatenate([feats_r[g] for g in common]), np.concatenate([feats_f[g] for g in common])
     overall = {"n_real": len(all_r), "n_generated": len(all_f), "fid": fid_from_features(all_r, all_f)}
     overall["precision"], overall["recall"] = precision_recall(all_r, all_f, k)
-    return {"overall": overall, "per_group": per_group, "k": k,
-            "skipped_groups": sorted(set(real) ^ set(fake))}
+    return {"overall": overall, "per_group": per_group, "k": k, "skipped_groups": sorted(set(real) ^ set(fake))}
 
 
 def write_gen_report(report: Report, result: dict, real: dict, fake: dict, source: str, notes: list[str]) -> None:
-    report.text(f"Generated images from {source}. FID between the real and generated sets in FID-Inception space; "
-                f"precision/recall: Kynkäänniemi et al. k-NN manifolds (k={result['k']}). FID on tens of images is "
-                "biased upwards: compare models on equal sample counts.", *notes)
-    rows = [[g, r["n_real"], r["n_generated"], r["fid"], r["precision"], r["recall"]]
-            for g, r in [*result["per_group"].items(), ("overall", result["overall"])]]
+    report.text(
+        f"Generated images from {source}. FID between the real and generated sets in FID-Inception space; "
+        f"precision/recall: Kynkäänniemi et al. k-NN manifolds (k={result['k']}). FID on tens of images is "
+        "biased upwards: compare models on equal sample counts.",
+        *notes,
+    )
+    rows = [
+        [g, r["n_real"], r["n_generated"], r["fid"], r["precision"], r["recall"]]
+        for g, r in [*result["per_group"].items(), ("overall", result["overall"])]
+    ]
     report.table(["group", "real", "generated", "FID", "precision", "recall"], rows)
     if result["skipped_groups"]:
         report.text(f"Groups present on one side only (skipped): {result['skipped_groups']}.")
-    plots.grouped_bars({m: {g: r[m] for g, r in result["per_group"].items() if r[m] is not None}
-                        for m in ("precision", "recall")},
-                       report.figure("precision_recall_per_group.png", "precision and recall per group"), "share")
-    plots.grouped_bars({"FID": {g: r["fid"] for g, r in result["per_group"].items() if r["fid"] is not None}},
-                       report.figure("fid_per_group.png", "FID per group"), "FID")
+    plots.grouped_bars(
+        {m: {g: r[m] for g, r in result["per_group"].items() if r[m] is not None} for m in ("precision", "recall")},
+        report.figure("precision_recall_per_group.png", "precision and recall per group"),
+        "share",
+    )
+    plots.grouped_bars(
+        {"FID": {g: r["fid"] for g, r in result["per_group"].items() if r["fid"] is not None}},
+        report.figure("fid_per_group.png", "FID per group"),
+        "FID",
+    )
     for i, g in enumerate(result["per_group"]):
-        plots.image_grid({f"{g}: generated": fake[g][:8], f"{g}: real": real[g][:8]},
-                         report.figure(f"samples_{i}.png", f"samples: {g}"))
+        plots.image_grid(
+            {f"{g}: generated": fake[g][:8], f"{g}: real": real[g][:8]},
+            report.figure(f"samples_{i}.png", f"samples: {g}"),
+        )
     report.metrics.update(result)
 
 

@@ -32,7 +32,13 @@ def psnr_ssim(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, tor
     # torchmetrics averages the SSIM map over the reflect-padded border too; Wang et al. / scikit-image average
     # only where the 11x11 window fits: take the full map and drop the 5-pixel border.
     _, full = structural_similarity_index_measure(
-        b, a, data_range=255.0, reduction="none", gaussian_kernel=True, sigma=1.5, kernel_size=11,
+        b,
+        a,
+        data_range=255.0,
+        reduction="none",
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
         return_full_image=True,
     )
     ssim = full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))

@@ -82,7 +82,9 @@ def load_lpips(path: str | os.PathLike | None, width_divisor: int | None = None)
         from meditok.tokenizer.training.aux_models import AuxModelError
         from meditok.tokenizer.training.aux_models import load_lpips as _load
     except ImportError as exc:
-        raise EvalError(f"LPIPS needs meditok-tokenizer's training module (meditok.tokenizer.training): {exc}") from None
+        raise EvalError(
+            f"LPIPS needs meditok-tokenizer's training module (meditok.tokenizer.training): {exc}"
+        ) from None
     divisor = width_divisor
     if divisor is None and p.is_dir() and (p / "config.json").exists():
         import json

@@ -16,7 +16,9 @@ def _to_hwc(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def image_grid(rows: dict[str, torch.Tensor], path: Path, col_titles: list[str] | None = None, max_cols: int = 8) -> Path:
+def image_grid(
+    rows: dict[str, torch.Tensor], path: Path, col_titles: list[str] | None = None, max_cols: int = 8
+) -> Path:
     """One row per entry of ``rows`` (name -> [N,3,H,W] in [-1,1]), up to ``max_cols`` images each."""
     names = list(rows)
     n_cols = min(max_cols, max(len(v) for v in rows.values()))

@@ -16,8 +16,9 @@ from meditok.evals.report import Report
 
 def extract_features(adapter, images: torch.Tensor, batch_size: int, progress: bool = True) -> np.ndarray:
     outs = []
-    for i in tqdm(range(0, len(images), batch_size), desc=f"features {adapter.name}", unit="batch",
-                  disable=not progress):
+    for i in tqdm(
+        range(0, len(images), batch_size), desc=f"features {adapter.name}", unit="batch", disable=not progress
+    ):
         outs.append(adapter.features(images[i : i + batch_size]).float().cpu())
     return torch.cat(outs).numpy()
 
@@ -57,8 +58,16 @@ def linear_probe(train_x, train_y, test_x, num_classes: int, c: float = 1.0, see
     return scores
 
 
-def evaluate_probe(data: EvalSet, adapters: list, *, batch_size: int = 16, test_size: float = 0.3, seed: int = 0,
-                   c: float = 1.0, progress: bool = True) -> dict:
+def evaluate_probe(
+    data: EvalSet,
+    adapters: list,
+    *,
+    batch_size: int = 16,
+    test_size: float = 0.3,
+    seed: int = 0,
+    c: float = 1.0,
+    progress: bool = True,
+) -> dict:
     classes = sorted(set(data.labels))
     y = np.array([classes.index(label) for label in data.labels])
     train, test = split_indices(data, test_size, seed)
@@ -77,9 +86,12 @@ def evaluate_probe(data: EvalSet, adapters: list, *, batch_size: int = 16, test_
 
 
 def write_probe_report(report: Report, results: dict[str, dict], notes: list[str]) -> None:
-    report.text("Linear probe: frozen features -> StandardScaler -> multinomial logistic regression (scikit-learn). "
-                "Accuracy (argmax), macro one-vs-rest AUC and macro average precision (mAP) over the classes present "
-                "in the test split (torchmetrics).", *notes)
+    report.text(
+        "Linear probe: frozen features -> StandardScaler -> multinomial logistic regression (scikit-learn). "
+        "Accuracy (argmax), macro one-vs-rest AUC and macro average precision (mAP) over the classes present "
+        "in the test split (torchmetrics).",
+        *notes,
+    )
     rows = []
     for ds, r in results.items():
         for name, m in r["adapters"].items():
@@ -88,9 +100,18 @@ def write_probe_report(report: Report, results: dict[str, dict], notes: list[str
     for ds, r in results.items():
         for j, (name, m) in enumerate(r["adapters"].items()):
             safe = f"confusion_{ds}_{j}.png".replace("/", "_").replace(" ", "_")
-            plots.confusion_plot(np.array(m["confusion"]), r["classes"],
-                                 report.figure(safe, f"confusion matrix: {ds}, {name}"), f"{ds}: {name}")
-    plots.grouped_bars({name: {ds: r["adapters"][name]["accuracy"] for ds, r in results.items() if name in r["adapters"]}
-                        for name in {n for r in results.values() for n in r["adapters"]}},
-                       report.figure("accuracy_per_dataset.png", "probe accuracy per data set"), "accuracy")
+            plots.confusion_plot(
+                np.array(m["confusion"]),
+                r["classes"],
+                report.figure(safe, f"confusion matrix: {ds}, {name}"),
+                f"{ds}: {name}",
+            )
+    plots.grouped_bars(
+        {
+            name: {ds: r["adapters"][name]["accuracy"] for ds, r in results.items() if name in r["adapters"]}
+            for name in {n for r in results.values() for n in r["adapters"]}
+        },
+        report.figure("accuracy_per_dataset.png", "probe accuracy per data set"),
+        "accuracy",
+    )
     report.metrics["datasets"] = results

@@ -31,8 +31,9 @@ def _summary(idx: list[int], psnr, ssim, lpips, real_feats, fake_feats) -> dict:
     return out
 
 
-def evaluate_recon(data: EvalSet, adapters: list, *, inception=None, lpips=None, batch_size: int = 8,
-                   progress: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+def evaluate_recon(
+    data: EvalSet, adapters: list, *, inception=None, lpips=None, batch_size: int = 8, progress: bool = True
+) -> tuple[dict, dict[str, torch.Tensor]]:
     real_feats = inception(data.images) if inception is not None else None
     by_group: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(data.groups):
@@ -45,35 +46,62 @@ def evaluate_recon(data: EvalSet, adapters: list, *, inception=None, lpips=None,
         psnr, ssim = psnr_ssim(data.images, x_hat)
         lp = None
         if lpips is not None:
-            lp = torch.cat([lpips(data.images[i : i + batch_size], x_hat[i : i + batch_size])
-                            for i in range(0, len(x_hat), batch_size)]).cpu()
+            lp = torch.cat(
+                [
+                    lpips(data.images[i : i + batch_size], x_hat[i : i + batch_size])
+                    for i in range(0, len(x_hat), batch_size)
+                ]
+            ).cpu()
         fake_feats = inception(x_hat) if inception is not None else None
         all_idx = list(range(len(data)))
         results[adapter.name] = {
             "bits_per_image": int(adapter.bits_per_image(h, w)),
             "overall": _summary(all_idx, psnr, ssim, lp, real_feats, fake_feats),
-            "per_modality": {g: _summary(idx, psnr, ssim, lp, real_feats, fake_feats) for g, idx in sorted(by_group.items())},
+            "per_modality": {
+                g: _summary(idx, psnr, ssim, lp, real_feats, fake_feats) for g, idx in sorted(by_group.items())
+            },
             "per_image": [
-                {"key": k, "modality": g, "psnr": float(psnr[i]), "ssim": float(ssim[i]),
-                 "lpips": float(lp[i]) if lp is not None else None}
+                {
+                    "key": k,
+                    "modality": g,
+                    "psnr": float(psnr[i]),
+                    "ssim": float(ssim[i]),
+                    "lpips": float(lp[i]) if lp is not None else None,
+                }
                 for i, (k, g) in enumerate(zip(data.keys, data.groups))
             ],
         }
     return results, recons
 
 
-def write_recon_report(report: Report, data: EvalSet, results: dict, recons: dict[str, torch.Tensor],
-                       notes: list[str]) -> None:
+def write_recon_report(
+    report: Report, data: EvalSet, results: dict, recons: dict[str, torch.Tensor], notes: list[str]
+) -> None:
     h, w = data.images.shape[-2:]
-    report.text(f"{len(data)} images from `{data.name}` at {h}x{w}; modalities: "
-                + ", ".join(f"{g} ({data.groups.count(g)})" for g in sorted(set(data.groups))) + ".",
-                "PSNR/SSIM on uint8-quantised images (data range 255; SSIM Gaussian 11/1.5); rFID with the FID "
-                "Inception (2048-d pool3) between the originals and the reconstructions. Per-modality rFID on a few "
-                "images is dominated by the small-sample bias: compare rows, not absolute values.", *notes)
+    report.text(
+        f"{len(data)} images from `{data.name}` at {h}x{w}; modalities: "
+        + ", ".join(f"{g} ({data.groups.count(g)})" for g in sorted(set(data.groups)))
+        + ".",
+        "PSNR/SSIM on uint8-quantised images (data range 255; SSIM Gaussian 11/1.5); rFID with the FID "
+        "Inception (2048-d pool3) between the originals and the reconstructions. Per-modality rFID on a few "
+        "images is dominated by the small-sample bias: compare rows, not absolute values.",
+        *notes,
+    )
     report.text("## Overall")
-    report.table(["tokenizer", "bits/image", "PSNR dB", "SSIM", "LPIPS", "rFID"],
-                 [[n, r["bits_per_image"], r["overall"]["psnr"], r["overall"]["ssim"], r["overall"]["lpips"],
-                   r["overall"]["rfid"]] for n, r in results.items()])
+    report.table(
+        ["tokenizer", "bits/image", "PSNR dB", "SSIM", "LPIPS", "rFID"],
+        [
+            [
+                n,
+                r["bits_per_image"],
+                r["overall"]["psnr"],
+                r["overall"]["ssim"],
+                r["overall"]["lpips"],
+                r["overall"]["rfid"],
+            ]
+            for n, r in results.items()
+        ],
+    )
     report.text("## Per modality")
     rows = []
     for n, r in results.items():
@@ -81,18 +109,26 @@ def write_recon_report(report: Report, data: EvalSet, results: dict, recons: dic
             rows.append([n, g, s["n"], s["psnr"], s["ssim"], s["lpips"], s["rfid"]])
     report.table(["tokenizer", "modality", "n", "PSNR dB", "SSIM", "LPIPS", "rFID"], rows)
     for metric, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):
-        plots.grouped_bars({n: {g: s[metric] for g, s in r["per_modality"].items()} for n, r in results.items()},
-                           report.figure(f"{metric}_per_modality.png", f"{label} per modality"), label)
+        plots.grouped_bars(
+            {n: {g: s[metric] for g, s in r["per_modality"].items()} for n, r in results.items()},
+            report.figure(f"{metric}_per_modality.png", f"{label} per modality"),
+            label,
+        )
     if all(r["overall"]["lpips"] is not None for r in results.values()):
-        plots.grouped_bars({n: {g: s["lpips"] for g, s in r["per_modality"].items()} for n, r in results.items()},
-                           report.figure("lpips_per_modality.png", "LPIPS per modality"), "LPIPS")
+        plots.grouped_bars(
+            {n: {g: s["lpips"] for g, s in r["per_modality"].items()} for n, r in results.items()},
+            report.figure("lpips_per_modality.png", "LPIPS per modality"),
+            "LPIPS",
+        )
     # one image per modality: original and every tokenizer's reconstruction
     pick = [data.groups.index(g) for g in sorted(set(data.groups))][:8]
     rows_img = {"original": data.images[pick]} | {n: x[pick] for n, x in recons.items()}
-    plots.image_grid(rows_img, report.figure("reconstructions.png", "originals and reconstructions"),
-                     [data.groups[i] for i in pick])
-    report.metrics.update({"dataset": data.name, "num_images": len(data), "size": [int(h), int(w)],
-                           "tokenizers": results})
+    plots.image_grid(
+        rows_img, report.figure("reconstructions.png", "originals and reconstructions"), [data.groups[i] for i in pick]
+    )
+    report.metrics.update(
+        {"dataset": data.name, "num_images": len(data), "size": [int(h), int(w)], "tokenizers": results}
+    )
 
 
 def psnr_array(results: dict, name: str) -> np.ndarray:

@@ -70,8 +70,12 @@ class Report:
         return self.out / name
 
     def write(self) -> Path:
-        header = [f"# {self.title}", "", f"`{self.meta['command']}` — {self.meta['date']}, "
-                  f"Python {self.meta['python']}, torch {self.meta['torch']}", ""]
+        header = [
+            f"# {self.title}",
+            "",
+            f"`{self.meta['command']}` — {self.meta['date']}, Python {self.meta['python']}, torch {self.meta['torch']}",
+            "",
+        ]
         (self.out / "report.md").write_text("\n".join(header + self.lines).rstrip() + "\n")
         payload = {"meta": self.meta, "metrics": _clean(self.metrics), "figures": self.figures}
         (self.out / "metrics.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")

@@ -76,7 +76,9 @@ def _options(obj: dict) -> dict[str, str]:
     return found
 
 
-def load_questions(path: str | Path, image_root: str | Path | None = None, check_images: bool = False) -> list[Question]:
+def load_questions(
+    path: str | Path, image_root: str | Path | None = None, check_images: bool = False
+) -> list[Question]:
     path = Path(path)
     records = read_json_or_jsonl(path)
     root = Path(image_root) if image_root else path.parent
@@ -149,8 +151,11 @@ def open_recall(prediction: str, answer: str) -> float:
 
 def chosen_letter(prediction: str, options: dict[str, str]) -> str | None:
     text = prediction.strip()
-    m = re.match(r"^\s*(?:the\s+)?(?:answer|option|choice)?\s*(?:is)?\s*[:\-]?\s*\(?([A-Ha-h])\s*(?:[).:,]|$|\s)",
-                 text, re.IGNORECASE)
+    m = re.match(
+        r"^\s*(?:the\s+)?(?:answer|option|choice)?\s*(?:is)?\s*[:\-]?\s*\(?([A-Ha-h])\s*(?:[).:,]|$|\s)",
+        text,
+        re.IGNORECASE,
+    )
     if m and m.group(1).upper() in options:
         return m.group(1).upper()
     norm = normalize(text)
@@ -185,7 +190,10 @@ def score(questions: list[Question], predictions: dict[str, str], strict: bool =
         choice = [i for i in sel if i["kind"] == "choice"]
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         return {
-            "n": len(sel), "n_closed": len(closed), "n_open": len(opened), "n_choice": len(choice),
+            "n": len(sel),
+            "n_closed": len(closed),
+            "n_open": len(opened),
+            "n_choice": len(choice),
             "closed_accuracy": mean([float(i["correct"]) for i in closed]),
             "open_recall": mean([i["recall"] for i in opened]),
             "open_exact": mean([float(i["correct"]) for i in opened]),
@@ -195,8 +203,12 @@ def score(questions: list[Question], predictions: dict[str, str], strict: bool =
     by_ds: dict[str, list[dict]] = defaultdict(list)
     for i in items:
         by_ds[i["dataset"]].append(i)
-    return {"overall": aggregate(items), "per_dataset": {d: aggregate(s) for d, s in sorted(by_ds.items())},
-            "items": items, "missing_predictions": missing}
+    return {
+        "overall": aggregate(items),
+        "per_dataset": {d: aggregate(s) for d, s in sorted(by_ds.items())},
+        "items": items,
+        "missing_predictions": missing,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ answerers
@@ -226,8 +238,15 @@ class OpenAIChatAnswerer:
 
     Images go inline as base64 data URLs (``image_url`` content parts); temperature 0 by default."""
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 max_tokens: int = 64, temperature: float = 0.0):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+    ):
         base = url.rstrip("/")
         self.endpoint = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         self.model, self.api_key, self.timeout = model, api_key, timeout
@@ -239,8 +258,9 @@ class OpenAIChatAnswerer:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(path or self.endpoint, data=data, headers=headers,
-                                     method="POST" if data is not None else "GET")
+        req = urllib.request.Request(
+            path or self.endpoint, data=data, headers=headers, method="POST" if data is not None else "GET"
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode())
@@ -267,8 +287,12 @@ class OpenAIChatAnswerer:
             mime = mimetypes.guess_type(q.image)[0] or "image/png"
             b64 = base64.b64encode(Path(q.image).read_bytes()).decode()
             content.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}})
-        payload = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                   "max_tokens": self.max_tokens, "temperature": self.temperature}
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
         out = self._post(None, payload)
         try:
             return out["choices"][0]["message"]["content"] or ""
@@ -312,18 +336,43 @@ def answer_all(answerer, questions: list[Question], progress: bool = True) -> di
 def write_vqa_report(report, result: dict, answerer_name: str, notes: list[str]) -> None:
     from meditok.evals import plots
 
-    report.text(f"Answers from {answerer_name}. Closed: exact match after normalisation (yes/no: first yes/no word); "
-                "open: token recall of the ground truth (and exact match); multiple choice: chosen letter.", *notes)
-    rows = [[d, s["n"], s["n_closed"], s["closed_accuracy"], s["n_open"], s["open_recall"], s["open_exact"],
-             s["n_choice"], s["choice_accuracy"]] for d, s in [*result["per_dataset"].items(), ("overall", result["overall"])]]
-    report.table(["dataset", "n", "closed n", "closed acc", "open n", "open recall", "open exact", "MC n", "MC acc"], rows)
-    bars = {m: {d: s[m] for d, s in result["per_dataset"].items() if s[m] is not None}
-            for m in ("closed_accuracy", "open_recall", "choice_accuracy")}
-    plots.grouped_bars({k: v for k, v in bars.items() if v}, report.figure("vqa_per_dataset.png", "VQA scores"), "score")
+    report.text(
+        f"Answers from {answerer_name}. Closed: exact match after normalisation (yes/no: first yes/no word); "
+        "open: token recall of the ground truth (and exact match); multiple choice: chosen letter.",
+        *notes,
+    )
+    rows = [
+        [
+            d,
+            s["n"],
+            s["n_closed"],
+            s["closed_accuracy"],
+            s["n_open"],
+            s["open_recall"],
+            s["open_exact"],
+            s["n_choice"],
+            s["choice_accuracy"],
+        ]
+        for d, s in [*result["per_dataset"].items(), ("overall", result["overall"])]
+    ]
+    report.table(
+        ["dataset", "n", "closed n", "closed acc", "open n", "open recall", "open exact", "MC n", "MC acc"], rows
+    )
+    bars = {
+        m: {d: s[m] for d, s in result["per_dataset"].items() if s[m] is not None}
+        for m in ("closed_accuracy", "open_recall", "choice_accuracy")
+    }
+    plots.grouped_bars(
+        {k: v for k, v in bars.items() if v}, report.figure("vqa_per_dataset.png", "VQA scores"), "score"
+    )
     report.text("## Examples")
-    report.table(["id", "kind", "answer", "prediction", "correct"],
-                 [[i["question_id"], i["kind"], i["answer"], i["prediction"][:80].replace("|", "/"), i["correct"]]
-                  for i in result["items"][:12]])
+    report.table(
+        ["id", "kind", "answer", "prediction", "correct"],
+        [
+            [i["question_id"], i["kind"], i["answer"], i["prediction"][:80].replace("|", "/"), i["correct"]]
+            for i in result["items"][:12]
+        ],
+    )
     if result["missing_predictions"]:
         report.text(f"**{len(result['missing_predictions'])} questions had no prediction** (scored as wrong).")
     report.metrics.update({"answerer": answerer_name, **result})

@@ -92,8 +92,15 @@ def check_dims(tok, tower) -> None:
         raise EvalError(f"text tower outputs {d_text}-d embeddings but the tokenizer's image embedding is {d_img}-d")
 
 
-def evaluate_zeroshot(tok, tower, data: EvalSet, prompts: dict[str, list[str]], classes: list[str],
-                      batch_size: int = 16, progress: bool = True) -> dict:
+def evaluate_zeroshot(
+    tok,
+    tower,
+    data: EvalSet,
+    prompts: dict[str, list[str]],
+    classes: list[str],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     text = class_embeddings(tower, prompts, classes)
     embs = []
     for i in tqdm(range(0, len(data), batch_size), desc="embed images", unit="batch", disable=not progress):
@@ -104,8 +111,9 @@ def evaluate_zeroshot(tok, tower, data: EvalSet, prompts: dict[str, list[str]], 
     scores = torch.softmax(logits * 100.0, dim=1).numpy()
     metrics = classification_metrics(scores, y, len(classes))
     pred = logits.argmax(1).numpy()
-    metrics["per_class_accuracy"] = {c: float((pred[y == i] == i).mean()) if (y == i).any() else None
-                                     for i, c in enumerate(classes)}
+    metrics["per_class_accuracy"] = {
+        c: float((pred[y == i] == i).mean()) if (y == i).any() else None for i, c in enumerate(classes)
+    }
     metrics["confusion"] = confusion_matrix(pred, y, len(classes)).tolist()
     metrics["logits"] = logits.tolist()
     metrics["targets"] = y.tolist()
@@ -114,13 +122,21 @@ def evaluate_zeroshot(tok, tower, data: EvalSet, prompts: dict[str, list[str]], 
 
 
 def write_zeroshot_report(report: Report, data: EvalSet, classes: list[str], m: dict, notes: list[str]) -> None:
-    report.text(f"{len(data)} images of `{data.name}`, {len(classes)} classes. Score = cosine between the l2-normalised "
-                "image embedding and the mean of the class's l2-normalised prompt embeddings; AUC/mAP from "
-                "softmax(100 x cosine).", *notes)
+    report.text(
+        f"{len(data)} images of `{data.name}`, {len(classes)} classes. Score = cosine between the l2-normalised "
+        "image embedding and the mean of the class's l2-normalised prompt embeddings; AUC/mAP from "
+        "softmax(100 x cosine).",
+        *notes,
+    )
     report.table(["accuracy", "AUC", "mAP"], [[m["accuracy"], m["auc"], m["map"]]])
-    report.table(["class", "n", "accuracy", "prompts"],
-                 [[c, data.labels.count(c), m["per_class_accuracy"][c], " / ".join(m["prompts"][c])] for c in classes])
+    report.table(
+        ["class", "n", "accuracy", "prompts"],
+        [[c, data.labels.count(c), m["per_class_accuracy"][c], " / ".join(m["prompts"][c])] for c in classes],
+    )
     plots.confusion_plot(np.array(m["confusion"]), classes, report.figure("confusion.png", "zero-shot confusion"))
-    plots.grouped_bars({"zero-shot": {c: v for c, v in m["per_class_accuracy"].items() if v is not None}},
-                       report.figure("accuracy_per_class.png", "accuracy per class"), "accuracy")
+    plots.grouped_bars(
+        {"zero-shot": {c: v for c, v in m["per_class_accuracy"].items() if v is not None}},
+        report.figure("accuracy_per_class.png", "accuracy per class"),
+        "accuracy",
+    )
     report.metrics.update({"dataset": data.name, "classes": classes, **m})

@@ -1,0 +1,31 @@
+"""vLLM 0.32 plugin for MedITok-AR merged folders (``config.json`` architectures ``["MedITokARForCausalLM"]``).
+
+Entry points (``pyproject.toml``): ``vllm.general_plugins`` -> :func:`register` (vLLM calls it in the API server, the
+engine core and every worker, so it is idempotent) and ``vllm.logits_processors`` -> :class:`ImageLayoutLogitsProcessor`
+(a no-op unless a request sets ``vllm_xargs.image_height`` / ``image_width``).
+
+Only this package's ``__init__`` is imported at plugin-load time; the model and processor modules (which import vLLM
+internals) load lazily when vLLM resolves the architecture.
+"""
+
+from __future__ import annotations
+
+from meditok.ar.layout import ARCHITECTURE
+
+VLLM_VERSION = "0.32"  # the plugin uses vLLM internals (multimodal processor, logits-processor API): pinned
+MODEL_CLASS = "meditok.ar.vllm_plugin.model:MedITokARForCausalLM"
+LOGITS_PROCESSOR = "meditok.ar.vllm_plugin.logits:ImageLayoutLogitsProcessor"
+
+
+def register() -> None:
+    """Register ``MedITokARForCausalLM`` with vLLM's model registry (safe to call any number of times)."""
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    from meditok.ar.vllm_plugin.media import install_dicom_loader
+
+    install_dicom_loader()
+
+
+__all__ = ["LOGITS_PROCESSOR", "MODEL_CLASS", "VLLM_VERSION", "register"]

@@ -1,0 +1,100 @@
+"""``meditok-ar serve`` (the CPU build's ``vllm`` console script is broken: this runs vLLM's OpenAI server with the
+plugin's defaults) and the HTTP client behind ``meditok-ar generate-image --server URL``.
+
+The client needs the model folder locally for the text tokenizer, the layout and the MedITok decoder (not the LLM
+weights): it sends the transformers path's generation prompt as token ids with ``vllm_xargs`` asking for the image,
+reads the codes back from ``return_token_ids`` and decodes them to a PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = Path(__file__).with_name("chat_template.jinja")
+DEFAULT_LIMIT_MM = '{"image": 4}'
+DEFAULT_MAX_IMAGE_PIXELS = str(4096 * 4096)
+
+
+def serve_command(model: str, vllm_args: list[str], image_size: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of ``python -m vllm.entrypoints.openai.api_server`` for a MedITok-AR folder."""
+    args = list(vllm_args)
+    if args and args[0] == "--":
+        args = args[1:]
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    folder = Path(model)
+    has_template = (folder / "chat_template.jinja").exists() or "chat_template" in json.loads(
+        (folder / "tokenizer_config.json").read_text() if (folder / "tokenizer_config.json").exists() else "{}"
+    )
+    if "--chat-template" not in flags and not has_template:
+        argv += ["--chat-template", str(CHAT_TEMPLATE)]
+    if "--limit-mm-per-prompt" not in flags:
+        argv += ["--limit-mm-per-prompt", DEFAULT_LIMIT_MM]
+    env = dict(os.environ)
+    env.setdefault("VLLM_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_DO_NOT_TRACK", "1")
+    if image_size is not None:
+        env["MEDITOK_VLLM_IMAGE_SIZE"] = str(image_size)
+    return argv + args, env
+
+
+def serve(model: str, vllm_args: list[str], image_size: int | None = None) -> None:
+    argv, env = serve_command(model, vllm_args, image_size)
+    os.execve(argv[0], argv, env)  # same pid: a supervisor's signals reach the server directly
+
+
+def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tuple[int, int], out: str, *,
+                              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                              timeout: float = 600.0) -> dict[str, Any]:  # fmt: skip
+    """Ask a MedITok-AR vLLM server for one image; write the PNG; return the response's token ids and grid."""
+    import requests
+    import torch
+    from transformers import AutoTokenizer
+
+    from meditok.ar.layout import TokenLayout, token_ids_to_codes
+    from meditok.ar.sequences import SequenceBuilder
+    from meditok.tokenizer import MedITok
+    from meditok.tokenizer.preprocessing import to_pil
+
+    height, width = size
+    if height % 16 or width % 16 or height <= 0 or width <= 0:
+        raise ValueError(f"image size {height}x{width} must be positive multiples of 16")
+    grid = (height // 16, width // 16)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    layout = TokenLayout.from_config(config)
+    builder = SequenceBuilder(layout, AutoTokenizer.from_pretrained(model_dir))
+    prompt_ids = builder.generation_prompt(prompt, grid)  # ends with <boi> <h> <w>: the server writes codes + <eoi>
+    base = server.rstrip("/")
+    models = requests.get(f"{base}/v1/models", timeout=30)
+    models.raise_for_status()
+    body: dict[str, Any] = {
+        "model": models.json()["data"][0]["id"],
+        "prompt": prompt_ids,
+        "max_tokens": 8 * grid[0] * grid[1] + 2,
+        "temperature": temperature,
+        "top_p": top_p,
+        "return_token_ids": True,
+        "skip_special_tokens": False,
+        "vllm_xargs": {"image_height": height, "image_width": width},
+    }
+    if top_k:
+        body["top_k"] = top_k
+    if seed is not None:
+        body["seed"] = seed
+    response = requests.post(f"{base}/v1/completions", json=body, timeout=timeout)
+    if response.status_code != 200:
+        raise ValueError(f"server answered {response.status_code}: {response.text[:500]}")
+    token_ids = response.json()["choices"][0]["token_ids"]
+    n_codes = 8 * grid[0] * grid[1]
+    block = prompt_ids[-3:] + list(token_ids[: n_codes + 1])
+    codes, g = token_ids_to_codes(block, layout)  # LayoutError (a ValueError) if the server broke the layout
+    recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")
+    tokenizer = MedITok.from_pretrained(str(recorded if recorded.is_absolute() else Path(model_dir) / recorded)).eval()
+    with torch.no_grad():
+        pixels = tokenizer.decode(torch.from_numpy(codes).reshape(1, layout.num_codebooks, -1), grid=g)
+    to_pil(pixels.float().clamp(-1, 1))[0].save(out)
+    return {"token_ids": token_ids, "block": block, "grid": g, "out": out}

@@ -1,0 +1,145 @@
+"""vLLM multimodal processor: an image in a chat / prompt becomes its MedITok image block.
+
+The MedITok tokenizer (weights from ``config.json`` ``meditok_ar.image_tokenizer``, a path relative to the model folder)
+runs in the API-server process, once per image; the ``<image>`` placeholder token is replaced by
+``<boi> <img_h_h> <img_w_w> codes... <eoi>`` (real vocabulary ids, so ``prompt_token_ids`` and prefix caching mean
+what they say) and the model embeds those ids with its own embedding table.
+
+Image size: every image is resized ("squash", like the tokenizer's ``preprocess``) to ``S x S`` with ``S`` from the
+environment ``MEDITOK_VLLM_IMAGE_SIZE``, else ``config.json`` ``meditok_ar.serve_image_size``, else 256 (multiples of
+16; 256 gives 2052 prompt tokens per image)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids
+
+IMAGE_SIZE_ENV = "MEDITOK_VLLM_IMAGE_SIZE"
+DEFAULT_IMAGE_SIZE = 256
+PLACEHOLDER = "<image>"
+FIELD = "image_token_ids"
+
+_TOKENIZERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def layout_of(hf_config: Any) -> TokenLayout:
+    data = getattr(hf_config, CONFIG_KEY, None)
+    if data is None:
+        raise ValueError(f"config.json has no '{CONFIG_KEY}' block: not a MedITok-AR model folder")
+    return TokenLayout.from_config(dict(data))
+
+
+def image_size_of(hf_config: Any) -> int:
+    value = os.environ.get(IMAGE_SIZE_ENV) or dict(getattr(hf_config, CONFIG_KEY, {}) or {}).get("serve_image_size")
+    size = int(value) if value else DEFAULT_IMAGE_SIZE
+    if size < 16 or size % 16:
+        raise ValueError(f"serving image size must be a positive multiple of 16, got {size}")
+    return size
+
+
+def image_tokenizer_path(model_dir: str, layout: TokenLayout) -> Path:
+    recorded = layout.extra.get("image_tokenizer")
+    if not recorded:
+        raise ValueError(f"{model_dir}: config.json records no meditok_ar.image_tokenizer")
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(model_dir) / path
+
+
+def load_image_tokenizer(path: Path) -> Any:
+    """One MedITok per path and process (the processor is called from several threads)."""
+    key = str(path.resolve())
+    with _LOCK:
+        if key not in _TOKENIZERS:
+            from meditok.tokenizer import MedITok
+
+            _TOKENIZERS[key] = MedITok.from_pretrained(key).eval()
+        return _TOKENIZERS[key]
+
+
+def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, size: int) -> list[int]:
+    """PIL image -> its full image block (the same ids the transformers path builds from the same pixels)."""
+    import torch
+
+    from meditok.tokenizer.preprocessing import preprocess
+
+    picture = getattr(image, "media", image)  # vLLM may hand over a MediaWithBytes wrapper
+    pixels = preprocess(picture.convert("RGB") if hasattr(picture, "convert") else picture, size=size)
+    with torch.no_grad():
+        codes = tokenizer.encode(pixels.to(tokenizer.device))[0].cpu()
+    return codes_to_token_ids(codes, layout, (size // 16, size // 16))
+
+
+def _build() -> tuple[type, type, type]:
+    import torch
+    from transformers import BatchFeature
+    from vllm.multimodal.inputs import MultiModalFieldConfig
+    from vllm.multimodal.processing import BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo
+    from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdateDetails
+
+    class MedITokProcessingInfo(BaseProcessingInfo):
+        def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+            return {"image": None}
+
+        def layout(self) -> TokenLayout:
+            return layout_of(self.get_hf_config())
+
+        def image_size(self) -> int:
+            return image_size_of(self.get_hf_config())
+
+        def block_length(self) -> int:
+            side = self.image_size() // 16
+            return self.layout().block_length((side, side))
+
+        def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+            return {"image": self.block_length()}
+
+    class MedITokDummyInputsBuilder(BaseDummyInputsBuilder[MedITokProcessingInfo]):
+        def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+            return PLACEHOLDER * mm_counts.get("image", 0)
+
+        def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any = None) -> Any:
+            size = self.info.image_size()
+            return {"image": self._get_dummy_images(width=size, height=size, num_images=mm_counts.get("image", 0))}
+
+    class MedITokMultiModalProcessor(BaseMultiModalProcessor[MedITokProcessingInfo]):
+        def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
+            images = hf_data.get("images") or []
+            if not isinstance(images, (list, tuple)):
+                images = [images]
+            layout = self.info.layout()
+            size = self.info.image_size()
+            tokenizer = load_image_tokenizer(image_tokenizer_path(self.info.model_id, layout))
+            rows = [image_to_token_ids(image, tokenizer, layout, size) for image in images]
+            return BatchFeature({FIELD: torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)})
+
+        def _get_mm_fields_config(
+            self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+        ) -> Mapping[str, Any]:
+            return {FIELD: MultiModalFieldConfig.batched("image")}
+
+        def _get_prompt_updates(
+            self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: Any
+        ) -> Sequence[Any]:
+            layout = self.info.layout()
+            length = self.info.block_length()
+
+            def replacement(item_idx: int) -> Any:
+                items = out_mm_kwargs.get("image", []) if out_mm_kwargs is not None else []
+                if item_idx < len(items):
+                    ids = items[item_idx][FIELD].data.tolist()
+                else:  # no data (profiling paths): right length, any ids
+                    ids = [layout.boi_token_id] + [layout.image_token_base] * (length - 2) + [layout.eoi_token_id]
+                return PromptUpdateDetails.from_seq(ids)
+
+            return [PromptReplacement(modality="image", target=[layout.image_token_id], replacement=replacement)]
+
+    return MedITokMultiModalProcessor, MedITokProcessingInfo, MedITokDummyInputsBuilder
+
+
+MedITokMultiModalProcessor, MedITokProcessingInfo, MedITokDummyInputsBuilder = _build()

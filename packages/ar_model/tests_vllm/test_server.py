@@ -1,0 +1,220 @@
+"""A real vLLM server (``meditok-ar serve``) on 127.0.0.1, started once for this module, stopped by process group.
+
+CPU settings from the notes: float32, a 256 MB KV cache, eager mode. Images are served at 64 px (4x4 grid)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+from conftest import CAPTION, IMAGE_SIZE, QUESTION, data_url
+from PIL import Image
+
+from meditok.ar.layout import find_image_blocks, token_ids_to_codes
+
+GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)
+N_CODES = 8 * GRID[0] * GRID[1]
+MAX_PIXELS = 2000 * 2000  # VLLM_MAX_IMAGE_PIXELS (the sample DICOM is 1841x1955): 2048x2048 is "oversized"
+STARTUP_TIMEOUT = float(os.environ.get("VLLM_STARTUP_TIMEOUT", "300"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "vllm.log"
+    cmd = [sys.executable, "-m", "meditok.ar.cli", "serve", str(model_dir), "--image-size", str(IMAGE_SIZE),
+           "--served-model-name", "meditok", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "8", "--kv-cache-memory-bytes", "256M",
+           "--limit-mm-per-prompt", '{"image": 1}']  # fmt: skip
+    env = {**os.environ, "VLLM_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # fmt: skip
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield {"url": url, "log": log_path, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """The transformers path on the same folder."""
+    from meditok.ar.model import MedITokAR
+
+    return MedITokAR.from_pretrained(model_dir)
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _chat(url: str, images: list[str], question: str = QUESTION, max_tokens: int = 8) -> requests.Response:
+    content = [{"type": "image_url", "image_url": {"url": u}} for u in images] + [{"type": "text", "text": question}]
+    body = {"model": "meditok", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, "return_token_ids": True}  # fmt: skip
+    return requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+def _generate(url: str, prompt_ids: list[int], **extra) -> requests.Response:
+    body = {"model": "meditok", "prompt": prompt_ids, "max_tokens": N_CODES + 2, "temperature": 0,
+            "return_token_ids": True, "vllm_xargs": {"image_size": IMAGE_SIZE}, **extra}  # fmt: skip
+    return requests.post(f"{url}/v1/completions", json=body, timeout=120)
+
+
+def _expected_prompt(reference, picture: Image.Image) -> list[int]:
+    from meditok.ar.vllm_plugin.processing import image_to_token_ids
+
+    block = image_to_token_ids(picture, reference.image_tokenizer, reference.layout, IMAGE_SIZE)
+    return reference.builder.question_prompt(token_ids_to_codes(block, reference.layout)[0], QUESTION, GRID)
+
+
+def test_chat_with_a_real_xray_png(server, reference, xray_png):
+    response = _chat(server["url"], [data_url(xray_png)])
+    assert response.status_code == 200, response.text
+    data = response.json()
+    choice = data["choices"][0]
+    assert isinstance(choice["message"]["content"], str) and data["usage"]["completion_tokens"] >= 1
+    # the chat template + processor give exactly the transformers path's prompt (image block in place of <image>)
+    picture = Image.open(io.BytesIO(xray_png)).convert("RGB")
+    assert data["prompt_token_ids"] == _expected_prompt(reference, picture)
+
+
+def test_chat_with_dicom_bytes(server, reference, xray_dicom):
+    from meditok.ar.vllm_plugin.media import dicom_to_pil
+
+    data = xray_dicom.read_bytes()
+    response = _chat(server["url"], [data_url(data, "application/dicom")])
+    assert response.status_code == 200, response.text
+    assert response.json()["prompt_token_ids"] == _expected_prompt(reference, dicom_to_pil(data))
+
+
+def test_greedy_text_equals_transformers(server, reference, xray_png):
+    from meditok.ar.generation import generate_text
+
+    picture = Image.open(io.BytesIO(xray_png)).convert("RGB")
+    prompt = _expected_prompt(reference, picture)
+    expected = generate_text(reference, prompt, max_new_tokens=12, temperature=0.0)
+    body = {"model": "meditok", "prompt": prompt, "max_tokens": 12, "temperature": 0, "return_token_ids": True,
+            "allowed_token_ids": list(range(reference.layout.text_vocab_size))}  # fmt: skip
+    response = requests.post(f"{server['url']}/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    got = [t for t in response.json()["choices"][0]["token_ids"] if t != reference.builder.eos]
+    assert got == expected and len(expected) >= 1
+
+
+def test_generation_is_layout_valid_and_equals_transformers(server, reference):
+    from meditok.ar.generation import generate_image_tokens
+
+    prompt = reference.builder.generation_prompt(CAPTION, GRID)
+    response = _generate(server["url"], prompt)
+    assert response.status_code == 200, response.text
+    tokens = response.json()["choices"][0]["token_ids"]
+    layout = reference.layout
+    assert tokens[N_CODES] == layout.eoi_token_id and len(tokens) <= N_CODES + 2
+    block = prompt[-3:] + tokens[: N_CODES + 1]
+    codes, grid = token_ids_to_codes(block, layout)  # raises if any step broke the layout
+    assert grid == GRID
+    expected = generate_image_tokens(reference, [CAPTION], GRID, temperature=0.0)[0]
+    assert block == expected
+    # without the header in the prompt the server also writes <boi> <h> <w>
+    response = _generate(server["url"], prompt[:-3], max_tokens=N_CODES + 5)
+    head = response.json()["choices"][0]["token_ids"]
+    assert find_image_blocks(head[: N_CODES + 4], layout) == [(0, N_CODES + 4)]
+
+
+def test_generate_image_cli_against_the_server(server, reference, model_dir, tmp_path):
+    from meditok.ar.cli import main
+
+    out = tmp_path / "out.png"
+    assert main(["generate-image", str(model_dir), "--server", server["url"], "--prompt", CAPTION,
+                 "--size", str(IMAGE_SIZE), "--temperature", "0", "-o", str(out)]) == 0  # fmt: skip
+    picture = Image.open(out)
+    assert picture.size == (IMAGE_SIZE, IMAGE_SIZE) and picture.format == "PNG"
+    expected = reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=0.0)
+    assert torch.equal(torch.tensor(list(picture.convert("RGB").getdata())),
+                       torch.tensor(list(expected.convert("RGB").getdata())))  # fmt: skip
+
+
+def test_bad_input_gets_400_and_the_server_keeps_serving(server, reference, xray_png):
+    url = server["url"]
+    truncated = data_url(xray_png[: len(xray_png) // 3])
+    wav = data_url(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64), "image/png")
+    big = data_url(_png(Image.new("RGB", (2048, 2048), (40, 40, 40))))
+    cases = {
+        "malformed image": _chat(url, [truncated]),
+        "unsupported format": _chat(url, [wav]),
+        "oversized image": _chat(url, [big]),
+        "too many images": _chat(url, [data_url(xray_png)] * 2),
+        "not base64": _chat(url, ["data:image/png;base64,@@@@"]),
+        "bad image size": _generate(url, [1, 2, 3], vllm_xargs={"image_size": 20}),
+        "cfg requested": _generate(url, [1, 2, 3], vllm_xargs={"image_size": IMAGE_SIZE, "cfg_scale": 3.0}),
+    }
+    for name, response in cases.items():
+        assert response.status_code == 400, (name, response.status_code, response.text[:300])
+        assert response.json()["error"]["message"], name
+    assert "pixels" in cases["oversized image"].json()["error"]["message"]
+    assert "classifier-free guidance" in cases["cfg requested"].json()["error"]["message"]
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    assert _chat(url, [data_url(xray_png)]).status_code == 200
+
+
+def test_eight_concurrent_mixed_requests(server, reference, xray_png):
+    url, layout = server["url"], reference.layout
+    prompts = [reference.builder.generation_prompt(f"{CAPTION} Case {i}.", GRID) for i in range(4)]
+
+    def understand(i: int):
+        return "chat", _chat(url, [data_url(xray_png)], f"{QUESTION} ({i})", max_tokens=16)
+
+    def generate(i: int):
+        return "gen", _generate(url, prompts[i], temperature=1.0, seed=i)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(understand, i) for i in range(4)] + [pool.submit(generate, i) for i in range(4)]
+        results = [f.result() for f in futures]
+    blocks = []
+    for kind, response in results:
+        assert response.status_code == 200, (kind, response.text[:300])
+        if kind == "gen":
+            tokens = response.json()["choices"][0]["token_ids"]
+            blocks.append(prompts[0][-3:] + tokens[: N_CODES + 1])
+            token_ids_to_codes(blocks[-1], layout)
+        else:
+            assert response.json()["usage"]["completion_tokens"] >= 1
+    assert len({tuple(b) for b in blocks}) == 4  # sampled with different seeds: different images
