@@ -30,7 +30,9 @@ def test_pretokenize_sharded_and_resumable(assets, tmp_path):
     assert sorted(s["caption"] for s in samples) == [f"img {i}" for i in range(len(paths))]
     rows = read_manifest(tmp_path / "m.jsonl")
     with torch.no_grad():
-        direct = assets["image_tok"].encode(Preprocess(size=32)(__import__("meditok.data", fromlist=["x"]).load_row(rows[3]))[None])[0]
+        direct = assets["image_tok"].encode(
+            Preprocess(size=32)(__import__("meditok.data", fromlist=["x"]).load_row(rows[3]))[None]
+        )[0]
     got = next(s for s in samples if s["caption"] == "img 3")["codes"]
     assert got.shape == (8, 2, 2) and torch.equal(got.reshape(8, 4), direct)
 

@@ -63,7 +63,9 @@ def test_sequences_and_masks(extended_dir, assets):
     b: SequenceBuilder = model.builder
     codes, grid = assets["codes"], assets["grid"]
     block = codes_to_token_ids(codes, model.layout, grid)
-    conv = b.conversation([{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A chest."}], [(codes, grid)])
+    conv = b.conversation(
+        [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A chest."}], [(codes, grid)]
+    )
     start = conv.input_ids.index(model.layout.boi_token_id)
     assert conv.input_ids[start : start + len(block)] == block
     answer = b.text(" A chest.") + [b.eos]

@@ -16,7 +16,9 @@ class LayoutLogitsProcessor:
     ``prompt_length`` is the length of the (left-padded) prompt; the step is ``input_ids.shape[1] - prompt_length``.
     Usable with ``model.generate(logits_processor=LogitsProcessorList([...]))``."""
 
-    def __init__(self, layout: TokenLayout, grid: tuple[int, int], prompt_length: int, include_header: bool = False) -> None:
+    def __init__(
+        self, layout: TokenLayout, grid: tuple[int, int], prompt_length: int, include_header: bool = False
+    ) -> None:
         self.constraint = ImageConstraint(layout, grid, include_header)
         self.prompt_length = prompt_length
 
@@ -90,7 +92,11 @@ def generate_image_tokens(model: Any, prompts: list[str], grid: tuple[int, int],
     llm = model.llm
     llm.eval()
     cond = _Stream(llm, cond_prompts, builder.pad)
-    uncond = _Stream(llm, [builder.generation_prompt("", grid)] * len(prompts), builder.pad) if cfg_scale is not None else None
+    uncond = (
+        _Stream(llm, [builder.generation_prompt("", grid)] * len(prompts), builder.pad)
+        if cfg_scale is not None
+        else None
+    )
     out = []
     for step in range(constraint.length):
         lo, hi = constraint.allowed(step)

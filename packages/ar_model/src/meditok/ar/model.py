@@ -102,14 +102,21 @@ class MedITokAR:
         config = _read_json(path / "config.json")
         model_type = config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"{path}: model_type {model_type!r} is not supported; use one of {sorted(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"{path}: model_type {model_type!r} is not supported; use one of {sorted(SUPPORTED_MODEL_TYPES)}"
+            )
         text_tokenizer = AutoTokenizer.from_pretrained(str(path))
         llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         llm.eval()
         if CONFIG_KEY in config:  # already extended
             layout = TokenLayout.from_config(config)
-            if llm.get_input_embeddings().weight.shape[0] != layout.vocab_size or len(text_tokenizer) != layout.vocab_size:
-                raise LayoutError(f"{path}: embedding rows / tokenizer size disagree with the layout's vocab_size {layout.vocab_size}")
+            if (
+                llm.get_input_embeddings().weight.shape[0] != layout.vocab_size
+                or len(text_tokenizer) != layout.vocab_size
+            ):
+                raise LayoutError(
+                    f"{path}: embedding rows / tokenizer size disagree with the layout's vocab_size {layout.vocab_size}"
+                )
             image_tok, image_path = tokenizer, None
             if image_tok is None or isinstance(image_tok, (str, os.PathLike)):
                 recorded = layout.extra.get("image_tokenizer")
@@ -118,8 +125,12 @@ class MedITokAR:
             return cls(llm, text_tokenizer, layout, image_tok, image_path)
         # ---- extend a plain LLM
         if tokenizer is None:
-            raise ValueError("extending a plain LLM needs tokenizer= (a MedITok or its path): its codebooks initialise the image rows")
-        image_tok, image_path = (tokenizer, None) if not isinstance(tokenizer, (str, os.PathLike)) else (None, str(tokenizer))
+            raise ValueError(
+                "extending a plain LLM needs tokenizer= (a MedITok or its path): its codebooks initialise the image rows"
+            )
+        image_tok, image_path = (
+            (tokenizer, None) if not isinstance(tokenizer, (str, os.PathLike)) else (None, str(tokenizer))
+        )
         if image_tok is None:
             image_tok = _load_image_tokenizer(image_path)
         layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}),
@@ -128,7 +139,9 @@ class MedITokAR:
         ids = text_tokenizer.convert_tokens_to_ids(["<image>", "<boi>", "<i0_0>", f"<i7_{layout.codebook_size - 1}>"])
         want = [layout.image_token_id, layout.boi_token_id, layout.image_token_base, layout.vocab_size - 1]
         if added != layout.num_new_tokens or ids != want:
-            raise LayoutError(f"the text tokenizer already holds some layout token strings (added {added}, ids {ids} != {want})")
+            raise LayoutError(
+                f"the text tokenizer already holds some layout token strings (added {added}, ids {ids} != {want})"
+            )
         llm.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
         books = [cb.normalized_codebook().detach().float().cpu() for cb in image_tok.quantizer.codebooks]
         init_image_rows(llm.get_input_embeddings().weight, books, layout, init_seed)
@@ -202,11 +215,15 @@ class MedITokAR:
         kwargs: dict[str, Any] = {}
         if token_training == "trainable_tokens":
             new_ids = list(range(self.layout.text_vocab_size, self.layout.vocab_size))
-            kwargs["trainable_token_indices"] = {"embed_tokens": new_ids} if tied else {"embed_tokens": new_ids, "lm_head": new_ids}
+            kwargs["trainable_token_indices"] = (
+                {"embed_tokens": new_ids} if tied else {"embed_tokens": new_ids, "lm_head": new_ids}
+            )
         elif token_training == "modules_to_save":
             kwargs["modules_to_save"] = ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
         elif token_training != "none":
-            raise ValueError(f"token_training must be trainable_tokens, modules_to_save or none, not {token_training!r}")
+            raise ValueError(
+                f"token_training must be trainable_tokens, modules_to_save or none, not {token_training!r}"
+            )
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                             task_type="CAUSAL_LM", **kwargs)  # fmt: skip
         self.llm = get_peft_model(self.llm, config)
@@ -241,7 +258,9 @@ class MedITokAR:
     def decode_codes(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         tok = self.image_tokenizer
         with torch.no_grad():
-            return tok.decode(torch.as_tensor(codes).reshape(1, self.layout.num_codebooks, -1).to(tok.device), grid=grid)
+            return tok.decode(
+                torch.as_tensor(codes).reshape(1, self.layout.num_codebooks, -1).to(tok.device), grid=grid
+            )
 
     # ------------------------------------------------------------------ inference
     def answer(self, image_or_codes: Any, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -249,7 +268,9 @@ class MedITokAR:
         """Answer ``question`` about an image (PIL/array/path/tensor) or its codes ([8, h*w] or [8, h, w] ints)."""
         from meditok.ar.generation import generate_text
 
-        if isinstance(image_or_codes, (torch.Tensor, np.ndarray)) and not torch.is_floating_point(torch.as_tensor(image_or_codes)):
+        if isinstance(image_or_codes, (torch.Tensor, np.ndarray)) and not torch.is_floating_point(
+            torch.as_tensor(image_or_codes)
+        ):
             codes = image_or_codes
         else:
             codes, grid = self.encode_image(image_or_codes)

@@ -91,6 +91,8 @@ def _write_index_if_complete(out: Path, n_chunks: int) -> bool:
         skipped += index.get("skipped", 0)
         attempted += index.get("attempted", 0)
     temporary = out / f"index.json.tmp-{os.getpid()}"
-    temporary.write_text(json.dumps({"kind": "codes", "shards": shards, "skipped": skipped, "attempted": attempted}, indent=1))
+    temporary.write_text(
+        json.dumps({"kind": "codes", "shards": shards, "skipped": skipped, "attempted": attempted}, indent=1)
+    )
     os.replace(temporary, out / "index.json")
     return True

@@ -74,7 +74,9 @@ class SequenceBuilder:
         images = list(images)
         n_placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in conversations if t["from"] == "human")
         if n_placeholders != len(images):
-            raise ValueError(f"conversation has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders, got {len(images)} images")
+            raise ValueError(
+                f"conversation has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders, got {len(images)} images"
+            )
         ids, labels = [self.bos], [IGNORE_INDEX]
         for turn in conversations:
             if turn["from"] in ("human", "user"):
@@ -99,7 +101,9 @@ class SequenceBuilder:
         header = [self.layout.boi_token_id, self.layout.height_token(h), self.layout.width_token(w)]
         return [self.bos] + self.text(USER + prompt.strip()) + self.text(ASSISTANT) + header
 
-    def generation(self, prompt: str, codes: Any, grid: tuple[int, int] | None = None, drop_condition: bool = False) -> Sequence:
+    def generation(
+        self, prompt: str, codes: Any, grid: tuple[int, int] | None = None, drop_condition: bool = False
+    ) -> Sequence:
         block = self.image(codes, grid)
         h = block[1] - self.layout.height_token_base + 1
         w = block[2] - self.layout.width_token_base + 1

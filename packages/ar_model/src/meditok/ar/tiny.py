@@ -17,8 +17,12 @@ TEXT_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 # Small Llama shapes (random weights). "tiny" is for tests; "small" for the CPU benchmark.
 LLAMA_SHAPES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "small": dict(
+        hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+    ),
 }
 
 
@@ -48,8 +52,7 @@ def iu_xray_reports(source: str | Path | None = None, limit: int | None = None) 
         for member in members:
             root = ET.fromstring(archive.extractfile(member).read())  # type: ignore[union-attr]
             sections = {
-                (el.get("Label") or "").lower(): " ".join((el.text or "").split())
-                for el in root.iter("AbstractText")
+                (el.get("Label") or "").lower(): " ".join((el.text or "").split()) for el in root.iter("AbstractText")
             }
             reports.append(
                 {

@@ -31,8 +31,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"base": None, "image_tokenizer": None, "out": None},
     "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "token_training": "trainable_tokens"},
     "data": {"codes": None, "records": None, "cond_dropout": 0.1, "max_length": 4096},
-    "train": {"steps": 100, "lr": 1e-3, "batch_size": 2, "seed": 0, "log_every": 10, "deepspeed": False,
-              "zero_stage": 2, "weight_decay": 0.0, "grad_clip": 1.0},  # fmt: skip
+    "train": {
+        "steps": 100,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "seed": 0,
+        "log_every": 10,
+        "deepspeed": False,
+        "zero_stage": 2,
+        "weight_decay": 0.0,
+        "grad_clip": 1.0,
+    },  # fmt: skip
 }
 
 
@@ -98,7 +107,9 @@ def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         r = json.loads(line)
-        kind = r.get("type") or ("understanding" if "conversations" in r else "interleaved" if "segments" in r else "generation")
+        kind = r.get("type") or (
+            "understanding" if "conversations" in r else "interleaved" if "segments" in r else "generation"
+        )
         if kind == "understanding":
             keys = r.get("image") or r.get("images") or []
             keys = [keys] if isinstance(keys, str) else keys
@@ -125,7 +136,11 @@ def prepare_model(cfg: dict[str, dict[str, Any]], rank: int = 0) -> Any:
 
     m, out = cfg["model"], Path(cfg["model"]["out"])
     base_dir = Path(m["base"])
-    is_extended = CONFIG_KEY in json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").exists() else False
+    is_extended = (
+        CONFIG_KEY in json.loads((base_dir / "config.json").read_text())
+        if (base_dir / "config.json").exists()
+        else False
+    )
     if not is_extended:
         extended = out / "base"
         if rank == 0 and not (extended / "config.json").exists():
@@ -171,7 +186,10 @@ def train(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
             "gradient_clipping": tr["grad_clip"],
             "zero_optimization": {"stage": tr["zero_stage"]},
             # torch_adam: no 140 s fused_adam JIT on the CPU
-            "optimizer": {"type": "AdamW", "params": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "torch_adam": True}},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "torch_adam": True},
+            },
         }
         engine, *_ = deepspeed.initialize(model=llm, model_parameters=params, config=ds_config)
     else:
