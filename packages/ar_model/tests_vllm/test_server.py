@@ -4,6 +4,7 @@ CPU settings from the notes: float32, a 256 MB KV cache, eager mode. Images are 
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -13,9 +14,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import requests
-import torch
 from conftest import CAPTION, IMAGE_SIZE, QUESTION, data_url
 from PIL import Image
 
@@ -168,8 +169,25 @@ def test_generate_image_cli_against_the_server(server, reference, model_dir, tmp
     picture = Image.open(out)
     assert picture.size == (IMAGE_SIZE, IMAGE_SIZE) and picture.format == "PNG"
     expected = reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=0.0)
-    assert torch.equal(torch.tensor(list(picture.convert("RGB").getdata())),
-                       torch.tensor(list(expected.convert("RGB").getdata())))  # fmt: skip
+    assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+
+def test_images_endpoint_returns_the_greedy_png(server, reference):
+    url = f"{server['url']}/v1/images/generations"
+    body = {"prompt": CAPTION, "size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "temperature": 0, "n": 2}
+    response = requests.post(url, json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert len(data) == 2
+    expected = np.asarray(reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=0.0).convert("RGB"))
+    for item in data:
+        picture = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        assert picture.format == "PNG" and np.array_equal(np.asarray(picture.convert("RGB")), expected)
+    for bad in ({"prompt": CAPTION, "size": "20x20"}, {"prompt": CAPTION, "cfg_scale": 3.0}, {"size": "64x64"},
+                {"prompt": CAPTION, "size": "64x64", "n": 9}):  # fmt: skip
+        response = requests.post(url, json=bad, timeout=60)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["message"]
 
 
 def test_bad_input_gets_400_and_the_server_keeps_serving(server, reference, xray_png):

@@ -282,7 +282,7 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             from meditok.evals.vqa import load_ar_model
 
             model = load_ar_model(args.model_path)
-            fn = lambda group, n, seed: model.generate_image(group, n, seed=seed)  # noqa: E731
+            fn = gen.ar_generator(model, args.size)
         inception = InceptionFeatures(args.inception, args.device)
         real_set = load_eval_set(
             args.real, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress

@@ -62,6 +62,18 @@ def load_generator(spec: str):
         raise EvalError(f"cannot import generator {spec!r}: {exc}") from None
 
 
+def ar_generator(model, size: int):
+    """`fn(group, n, seed)` over a meditok.ar model: the group name (modality / prompt) is the text prompt."""
+    from meditok.tokenizer.preprocessing import preprocess
+
+    def fn(group: str, n: int, seed: int) -> torch.Tensor:
+        images = model.generate_image(group, size=size, num_images=n, seed=seed)
+        images = images if isinstance(images, list) else [images]
+        return torch.cat([preprocess(image, size=size) for image in images])
+
+    return fn
+
+
 def generate(fn, groups: list[str], n: int, seed: int, progress: bool = True) -> dict[str, torch.Tensor]:
     out = {}
     for g in tqdm(groups, desc="generate", disable=not progress):

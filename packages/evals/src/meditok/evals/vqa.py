@@ -301,17 +301,14 @@ class OpenAIChatAnswerer:
 
 
 def load_ar_model(path: str):
-    """The AR model from a local path through ``meditok.ar`` (imported lazily; ``transformers`` backend)."""
-    try:
-        import meditok.ar as ar
-    except ImportError as exc:
-        raise EvalError(f"--model-path needs meditok-ar (pip install meditok-ar): {exc}") from None
-    loader = getattr(ar, "from_pretrained", None) or getattr(ar, "load", None)
-    if loader is None:
-        raise EvalError("this meditok-ar has no from_pretrained(path) yet; serve the model with vLLM and pass --url")
+    """The AR model from a local folder through ``meditok.ar.MedITokAR`` (imported lazily; transformers backend)."""
     if not Path(path).exists():
         raise EvalError(f"AR model not found: {path}")
-    return loader(path)
+    try:
+        from meditok.ar import MedITokAR
+    except ImportError as exc:
+        raise EvalError(f"--model-path needs meditok-ar (pip install meditok-ar): {exc}") from None
+    return MedITokAR.from_pretrained(path)
 
 
 class TransformersAnswerer:

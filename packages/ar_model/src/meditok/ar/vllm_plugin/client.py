@@ -37,6 +37,8 @@ def serve_command(model: str, vllm_args: list[str], image_size: int | None = Non
     env.setdefault("VLLM_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("VLLM_DO_NOT_TRACK", "1")
+    # endpoint plugins are opt-in; this allowlist also gates general plugins, so it names ours (and only ours)
+    env.setdefault("VLLM_PLUGINS", "meditok_ar,meditok_images")
     if image_size is not None:
         env["MEDITOK_VLLM_IMAGE_SIZE"] = str(image_size)
     return argv + args, env

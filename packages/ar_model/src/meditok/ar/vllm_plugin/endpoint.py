@@ -1,0 +1,130 @@
+"""``POST /v1/images/generations`` (OpenAI images shape) as a vLLM endpoint plugin (entry point
+``vllm.endpoint_plugins``: opt-in, vLLM loads it only when ``VLLM_PLUGINS`` names ``meditok_images``;
+``meditok-ar serve`` does that unless ``VLLM_PLUGINS`` is set).
+
+Body: ``{"prompt": str, "size": "HxW" | "S" (pixels, default 256x256), "n": 1..8, "temperature", "top_p", "top_k",
+"seed", "response_format": "b64_json"}``. Each image is one engine request with the layout logits processor; the
+codes are decoded to PNG with the folder's MedITok in the API-server process. CFG fields are refused (400)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+NAME = "meditok_images"
+
+
+class ImagesEndpoint:
+    name = NAME
+    required_tasks = ("generate",)
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.model_dir: str | None = None
+        self._assets: Any = None
+
+    def attach_router(self, app: Any) -> None:
+        from fastapi import Request
+        from fastapi.responses import JSONResponse
+
+        plugin = self
+
+        @app.post("/v1/images/generations")
+        async def generations(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+                data = await plugin.generate(body)
+            except ValueError as error:
+                return JSONResponse({"error": {"message": str(error), "type": "BadRequestError", "code": 400}}, 400)
+            return JSONResponse({"created": int(time.time()), "data": data})
+
+    async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
+        self.engine = engine_client
+        self.model_dir = getattr(args, "model", None)
+
+    def assets(self) -> Any:
+        if self._assets is None:
+            import json
+
+            from transformers import AutoTokenizer
+
+            from meditok.ar.layout import TokenLayout
+            from meditok.ar.sequences import SequenceBuilder
+            from meditok.tokenizer import MedITok
+
+            folder = Path(self.model_dir or ".")
+            layout = TokenLayout.from_config(json.loads((folder / "config.json").read_text()))
+            recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")
+            tok = MedITok.from_pretrained(str(recorded if recorded.is_absolute() else folder / recorded)).eval()
+            self._assets = (layout, SequenceBuilder(layout, AutoTokenizer.from_pretrained(str(folder))), tok)
+        return self._assets
+
+    async def generate(self, body: dict[str, Any]) -> list[dict[str, str]]:
+        from vllm import SamplingParams
+
+        from meditok.ar.layout import token_ids_to_codes
+        from meditok.ar.vllm_plugin.logits import requested_size
+
+        if self.engine is None:
+            raise ValueError("no engine behind this server")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be a string")
+        size = str(body.get("size", "256x256")).lower().split("x")
+        if len(size) not in (1, 2) or not all(s.isdigit() for s in size):
+            raise ValueError(f"size must be 'HxW' or 'S' in pixels, got {body.get('size')!r}")
+        height, width = int(size[0]), int(size[-1])
+        extra = {"image_height": height, "image_width": width}
+        requested_size({**extra, **{k: body[k] for k in ("cfg_scale", "guidance_scale") if k in body}})
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= 8:
+            raise ValueError(f"n must be an integer in [1, 8], got {n!r}")
+        if body.get("response_format", "b64_json") != "b64_json":
+            raise ValueError("only response_format 'b64_json' is supported")
+        layout, builder, tok = self.assets()
+        grid = (height // 16, width // 16)
+        if max(grid) > layout.max_grid:
+            raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * 16} pixels")
+        ids = builder.generation_prompt(prompt, grid)
+        n_codes = layout.num_codebooks * grid[0] * grid[1]
+        seed = body.get("seed")
+
+        async def one(i: int) -> list[int]:
+            params = SamplingParams(
+                max_tokens=n_codes + 2,
+                temperature=float(body.get("temperature", 1.0)),
+                top_p=float(body.get("top_p", 1.0)),
+                top_k=int(body.get("top_k", 0)) or -1,
+                seed=None if seed is None else int(seed) + i,
+                extra_args=extra,
+            )
+            final = None
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, f"img-{uuid.uuid4().hex}"):
+                final = output
+            return list(final.outputs[0].token_ids)
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+        data = []
+        for tokens in results:
+            codes, g = token_ids_to_codes(ids[-3:] + tokens[: n_codes + 1], layout)
+            data.append({"b64_json": await asyncio.to_thread(_png_b64, tok, codes, g, layout.num_codebooks)})
+        return data
+
+
+def _png_b64(tok: Any, codes: Any, grid: tuple[int, int], num_codebooks: int) -> str:
+    import torch
+
+    from meditok.tokenizer.preprocessing import to_pil
+
+    with torch.no_grad():
+        pixels = tok.decode(torch.from_numpy(codes).reshape(1, num_codebooks, -1), grid=grid)
+    buffer = io.BytesIO()
+    to_pil(pixels.float().clamp(-1, 1))[0].save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
