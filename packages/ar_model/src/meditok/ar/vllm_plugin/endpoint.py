@@ -16,6 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # module level: FastAPI resolves the handler's (string) annotations in these globals
+from fastapi.responses import JSONResponse
+
 NAME = "meditok_images"
 
 
@@ -29,9 +32,6 @@ class ImagesEndpoint:
         self._assets: Any = None
 
     def attach_router(self, app: Any) -> None:
-        from fastapi import Request
-        from fastapi.responses import JSONResponse
-
         plugin = self
 
         @app.post("/v1/images/generations")
