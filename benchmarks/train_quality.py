@@ -88,6 +88,7 @@ def prepare(work: Path) -> dict:
 
 def evaluate(core, images, batch: int = 8):
     import torch
+
     from meditok.evals.metrics import psnr_ssim
 
     was_training = core.training
@@ -144,25 +145,25 @@ def write_benchmarks(summary: dict, path: Path) -> None:
     rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731
     text = f"""{SECTION}
 
-`{s['command']}` — {s['date']}, {s['machine']}; one process, {s['torch_threads']} torch threads.
-**Load**: the 2 cores were shared with another engineer's vLLM tests; load average {s['load_before']} before,
-{s['load_after']} after (1/5/15 min), so the wall time is pessimistic; the step count, not the time, is the budget.
+`{s["command"]}` — {s["date"]}, {s["machine"]}; one process, {s["torch_threads"]} torch threads.
+**Load**: the 2 cores were shared with another engineer's vLLM tests; load average {s["load_before"]} before,
+{s["load_after"]} after (1/5/15 min), so the wall time is pessimistic; the step count, not the time, is the budget.
 
-* **Budget**: {s['steps']} optimiser steps × batch {s['batch']} at {s['image_size']} px ({s['steps'] * s['batch']} images,
-  ≈ {s['steps'] * s['batch'] / s['n_train']:.0f} epochs of the {s['n_train']} training images), `tiny-cpu-stage1.yaml` with
-  `{' '.join(s['overrides'])}`: **GAN off** (on this CPU the discriminator path makes a step ~20× slower), all other
+* **Budget**: {s["steps"]} optimiser steps × batch {s["batch"]} at {s["image_size"]} px ({s["steps"] * s["batch"]} images,
+  ≈ {s["steps"] * s["batch"] / s["n_train"]:.0f} epochs of the {s["n_train"]} training images), `tiny-cpu-stage1.yaml` with
+  `{" ".join(s["overrides"])}`: **GAN off** (on this CPU the discriminator path makes a step ~20× slower), all other
   losses on (0.2·L1 + L2, LPIPS and ViT-teacher *random stand-ins*, VQ, CLIP 0.1), augmentation + CT windowing,
-  warm-up + cosine LR. Training took {s['train_wall_s'] / 60:.1f} min wall ({s['train_steps_per_s']:.2f} steps/s,
-  {s['train_steps_per_s'] * s['batch']:.1f} images/s, evaluations excluded); the whole script {s['total_wall_s'] / 60:.1f} min.
-* **Held out** (every image of these sources, never in the training shards; `{rel(s['heldout_manifest'])}`):
-  {', '.join(HELDOUT)} — {s['n_heldout']} images (CT 2, MR 2, X-ray 1, fundus 1, US 1, pathology 1, dermoscopy 2).
-  Evaluated at {s['image_size']}² (eval `Preprocess`, centre crop), PSNR/SSIM by `meditok.evals.metrics.psnr_ssim`.
-* **Final held-out**: **PSNR {s['final']['psnr']:.2f} dB, SSIM {s['final']['ssim']:.3f}** (mean over {s['n_heldout']} images;
-  step 0, untrained: {s['evals'][0]['psnr']:.2f} dB / {s['evals'][0]['ssim']:.3f}). Per modality (PSNR / SSIM): {per}.
+  warm-up + cosine LR. Training took {s["train_wall_s"] / 60:.1f} min wall ({s["train_steps_per_s"]:.2f} steps/s,
+  {s["train_steps_per_s"] * s["batch"]:.1f} images/s, evaluations excluded); the whole script {s["total_wall_s"] / 60:.1f} min.
+* **Held out** (every image of these sources, never in the training shards; `{rel(s["heldout_manifest"])}`):
+  {", ".join(HELDOUT)} — {s["n_heldout"]} images (CT 2, MR 2, X-ray 1, fundus 1, US 1, pathology 1, dermoscopy 2).
+  Evaluated at {s["image_size"]}² (eval `Preprocess`, centre crop), PSNR/SSIM by `meditok.evals.metrics.psnr_ssim`.
+* **Final held-out**: **PSNR {s["final"]["psnr"]:.2f} dB, SSIM {s["final"]["ssim"]:.3f}** (mean over {s["n_heldout"]} images;
+  step 0, untrained: {s["evals"][0]["psnr"]:.2f} dB / {s["evals"][0]["ssim"]:.3f}). Per modality (PSNR / SSIM): {per}.
 * PSNR curve (step: dB): {curve}.
-* Figures: `{rel(s['figures']['loss'])}`, `{rel(s['figures']['psnr'])}`, `{rel(s['figures']['grid'])}`
-  (held-out originals over reconstructions); numbers in `{rel(s['figures']['json'])}`.
-  The exported model (`save_pretrained`, not committed) is `{s['export']}`.
+* Figures: `{rel(s["figures"]["loss"])}`, `{rel(s["figures"]["psnr"])}`, `{rel(s["figures"]["grid"])}`
+  (held-out originals over reconstructions); numbers in `{rel(s["figures"]["json"])}`.
+  The exported model (`save_pretrained`, not committed) is `{s["export"]}`.
 """
     md = path.read_text()
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
@@ -190,6 +191,7 @@ def main() -> None:
     t0 = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
     import torch
+
     from meditok.evals.data import load_eval_set
     from meditok.tokenizer.training import Trainer, load_config
     from meditok.tokenizer.training.report import save_reconstruction_grid
