@@ -14,7 +14,9 @@ def _size(values: list[int]) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meditok-ar", description=__doc__)
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument(
+        "--local_rank", type=int, default=-1, help=argparse.SUPPRESS
+    )  # passed by the deepspeed launcher
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretokenize", help="manifest -> CodesDataset shards (sharded over ranks, resumable)")
@@ -88,7 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         from meditok.ar.layout import TokenLayout
 
         config = json.loads((Path(args.model) / "config.json").read_text())
-        print(json.dumps({"architectures": config.get("architectures"), **TokenLayout.from_config(config).to_config()}, indent=2))
+        print(
+            json.dumps(
+                {"architectures": config.get("architectures"), **TokenLayout.from_config(config).to_config()}, indent=2
+            )
+        )
         return 0
     if args.command == "serve":
         from meditok.ar.vllm_plugin.client import serve
