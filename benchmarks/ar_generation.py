@@ -52,11 +52,12 @@ def time_generation(model, size: int, batch: int, repeats: int) -> dict:
     return {"batch": batch, "seconds": seconds, "tokens_per_s": tokens / seconds, "images_per_s": batch / seconds}
 
 
-def time_training(model, size: int, batch: int, steps: int) -> dict:
+def time_training(model, size: int, batch: int, steps: int, add_lora: bool = True) -> dict:
     from meditok.ar.sequences import collate
 
     grid = size // 16
-    model.add_lora(r=8, alpha=16, target_modules="all-linear", token_training="trainable_tokens")
+    if add_lora:
+        model.add_lora(r=8, alpha=16, target_modules="all-linear", token_training="trainable_tokens")
     generator = torch.Generator().manual_seed(0)
     sequences = [
         model.builder.generation(
@@ -77,8 +78,47 @@ def time_training(model, size: int, batch: int, steps: int) -> dict:
         optimizer.zero_grad()
         durations.append(time.perf_counter() - t0)
     seconds = statistics.median(durations[1:])
-    return {"batch": batch, "sequence_tokens": inputs["input_ids"].shape[1], "step_s": seconds,
+    state = [t for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.ndim > 0]
+    training_bytes = sum(t.numel() * t.element_size() for t in [*params, *state])
+    training_bytes += sum(p.numel() * p.element_size() for p in params)  # gradients (freed by zero_grad, same size)
+    return {
+        "training_state_mib": training_bytes / 2**20,"batch": batch, "sequence_tokens": inputs["input_ids"].shape[1], "step_s": seconds,
             "steps_per_s": 1 / seconds, "tokens_per_s": inputs["attention_mask"].sum().item() / seconds}  # fmt: skip
+
+
+def memory_child(shape: str, mode: str, size: int) -> None:
+    """Run in a fresh process: peak RSS of building the model and 3 LoRA training steps in one token-training mode."""
+    import resource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build(Path(tmp), shape)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model.add_lora(r=8, alpha=16, target_modules="all-linear", token_training=mode)
+        trainable = sum(p.numel() for p in model.llm.parameters() if p.requires_grad)
+        model.add_lora = lambda **_: None  # time_training adds LoRA itself; it is already on
+        time_training(model, size, 4, 2)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "trainable": trainable,
+                "peak_rss_mib": peak / 1024,
+                "training_rss_mib": (peak - before) / 1024,
+            }
+        )
+    )
+
+
+def measure_memory(shape: str, size: int) -> list[dict]:
+    import subprocess
+
+    rows = []
+    for mode in ("trainable_tokens", "modules_to_save"):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", shape, mode, "--size", str(size)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
 
 
 def render(results: dict) -> str:
@@ -105,6 +145,15 @@ def render(results: dict) -> str:
         t = entry["training"]
         lines.append(f"| {shape} | {t['batch']} | {t['sequence_tokens']} | {t['step_s']:.2f} | {t['steps_per_s']:.2f} | "
                      f"{t['tokens_per_s']:.0f} |")  # fmt: skip
+    lines += ["", "Token training modes (fresh process each: build, LoRA, 2 training steps at batch 4; peak RSS includes the "
+              "model build; training state = trainable weights + gradients + AdamW moments, summed over the real tensors):", "",
+              "| Llama shape | mode | trainable params | training state MiB | peak RSS MiB | RSS growth in training MiB |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for shape, entry in results["shapes"].items():
+        for m in entry.get("memory", []):
+            lines.append(
+                f"| {shape} | {m['mode']} | {m['trainable']:,} | {m['peak_rss_mib']:.0f} | {m['training_rss_mib']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +164,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--memory-child", nargs=2, metavar=("SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child, args.size)
+        return
     results = {
         "command": " ".join(["python benchmarks/ar_generation.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
@@ -130,6 +183,7 @@ def main() -> None:
             entry = {"params": sum(p.numel() for p in model.llm.parameters())}
             entry["generation"] = [time_generation(model, args.size, b, args.repeats) for b in (1, 8)]
             entry["training"] = time_training(model, args.size, 4, args.train_steps)
+            entry["memory"] = measure_memory(shape, args.size)
             results["shapes"][shape] = entry
             print(json.dumps({shape: entry}), flush=True)
     print(json.dumps(results, indent=2))
