@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model import SelfAttention
+
 
 @dataclass
 class ViTConfig:
@@ -32,19 +34,6 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
 
 
 class _Mlp(nn.Module):
@@ -70,7 +59,7 @@ class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int, layer_scale: bool, eps: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = _Attention(dim, heads)
+        self.attn = SelfAttention(dim, heads)
         self.ls1 = _LayerScale(dim) if layer_scale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = _Mlp(dim, hidden)
