@@ -199,7 +199,7 @@ def update_section(section: str, section_text: str) -> None:
     start = text.find(f"## {section}")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section_text + (text[end + 1 :] if end >= 0 else "")
+        text = text[:start] + section_text.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section_text
     path.write_text(text)
