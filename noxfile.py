@@ -69,16 +69,11 @@ def test(session: nox.Session, package: str) -> None:
         session.install(str(ROOT / "packages/data"))
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "DS_ACCELERATOR": "cpu"}
     training_tests = ROOT / "packages/tokenizer/tests/training"
-    if package == "tokenizer":
-        targets = [str(ROOT / "packages/tokenizer/tests"), f"--ignore={training_tests}"]
-    elif package == "tokenizer-train":
-        targets = [str(training_tests)]
-        if not training_tests.is_dir():
-            session.skip("no training tests yet")
-    elif package == "ar_model-vllm":
-        targets = [str(ROOT / "packages/ar_model/tests_vllm")]
-    else:
-        targets = [str(ROOT / "packages" / package / "tests")]
+    targets = {
+        "tokenizer": [str(ROOT / "packages/tokenizer/tests"), f"--ignore={training_tests}"],
+        "tokenizer-train": [str(training_tests)],
+        "ar_model-vllm": [str(ROOT / "packages/ar_model/tests_vllm")],
+    }.get(package, [str(ROOT / "packages" / package / "tests")])
     session.run("pytest", *targets, "-p", "no:cacheprovider", *session.posargs, env=env)
 
 

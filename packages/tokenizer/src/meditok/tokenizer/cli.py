@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .preprocessing import RESIZE_POLICIES
+
 CODES_FORMAT = "meditok-codes-v1"
 MEDICAL_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".ima")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -222,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("images", nargs="+", type=Path)
         p.add_argument("--size", type=int, default=256, help="square side for squash/crop/pad (multiple of 16)")
-        p.add_argument("--resize", choices=["squash", "crop", "pad", "native"], default="squash")
+        p.add_argument("--resize", choices=RESIZE_POLICIES, default="squash")
         p.add_argument("--batch-size", type=int, default=4)
 
     p = sub.add_parser("encode", help="images -> codes.npz")
