@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from importlib.metadata import entry_points
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,9 +19,10 @@ def test_entry_points_point_at_the_plugin():
     plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert plugins["meditok_ar"] == "meditok.ar.vllm_plugin:register"
     procs = {e.name: e.load() for e in entry_points(group="vllm.logits_processors")}
-    from meditok.ar.vllm_plugin.logits import ImageLayoutLogitsProcessor
+    from meditok.ar.vllm_plugin.logits import GuidancePairLogitsProcessor, ImageLayoutLogitsProcessor
 
     assert procs["meditok_image_layout"] is ImageLayoutLogitsProcessor
+    assert procs["meditok_cfg_pairs"] is GuidancePairLogitsProcessor
 
 
 def test_register_is_idempotent_and_class_satisfies_vllm():
@@ -96,8 +98,37 @@ def test_logits_processor_params():
     for bad in ({"image_size": 20}, {"image_height": 32}, {"image_size": "64"}, {"image_size": 64 * 17}):
         with pytest.raises(ValueError, match="vllm_xargs"):
             requested_size(bad)
-    with pytest.raises(ValueError, match="classifier-free guidance"):
-        requested_size({"image_size": 64, "cfg_scale": 3.0})
+    with pytest.raises(ValueError, match="image generation"):
+        requested_size({"cfg_scale": 3.0, "cfg_pair": "a"})
+
+
+def test_guidance_params():
+    from vllm import SamplingParams
+
+    from meditok.ar.vllm_plugin.logits import Guidance, GuidancePairLogitsProcessor, requested_guidance
+
+    assert requested_guidance({"image_size": 64}) is None
+    pair = {"image_size": 64, "cfg_scale": 3, "cfg_pair": "p1"}
+    assert requested_guidance(pair) == Guidance(3.0, "p1", None)
+    assert requested_guidance({**pair, "cfg_role": "uncond"}).role == "uncond"
+    bad = [
+        ({"cfg_scale": 3.0, "cfg_pair": "p"}, "image generation"),
+        ({"image_size": 64, "cfg_scale": 3.0}, "cfg_pair is required"),
+        ({"image_size": 64, "cfg_pair": "p"}, "need vllm_xargs.cfg_scale"),
+        ({**pair, "cfg_scale": -1.0}, "finite number"),
+        ({**pair, "cfg_scale": float("nan")}, "finite number"),
+        ({**pair, "cfg_role": "both"}, "cfg_role"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ValueError, match=message):
+            requested_guidance(extra)
+    validate = GuidancePairLogitsProcessor.validate_params
+    validate(SamplingParams(temperature=0.0, extra_args=pair))
+    validate(SamplingParams(temperature=1.0, seed=3, extra_args=pair))
+    with pytest.raises(ValueError, match="needs a seed"):
+        validate(SamplingParams(temperature=1.0, extra_args=pair))
+    with pytest.raises(ValueError, match="n=1"):
+        validate(SamplingParams(temperature=1.0, seed=1, n=2, extra_args=pair))
 
 
 def test_dicom_bytes_are_windowed_by_meditok_data(xray_dicom):
@@ -162,3 +193,146 @@ def test_serve_command_defaults_and_passthrough(model_dir):
     assert env["MEDITOK_VLLM_IMAGE_SIZE"] == "64" and "meditok_images" in env["VLLM_PLUGINS"].split(",")
     argv, _ = serve_command(str(model_dir), ["--chat-template", "mine.jinja", "--limit-mm-per-prompt", "{}"])
     assert argv.count("--chat-template") == 1 and argv.count("--limit-mm-per-prompt") == 1
+
+
+def _guidance_processor(model_dir):
+    from types import SimpleNamespace
+
+    from meditok.ar.vllm_plugin.logits import GuidancePairLogitsProcessor
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hf_config = SimpleNamespace(meditok_ar=config["meditok_ar"], eos_token_id=config["eos_token_id"])
+    vllm_config = SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config))
+    return (
+        GuidancePairLogitsProcessor(vllm_config, "cpu", False),
+        TokenLayout.from_config(config),
+        config["eos_token_id"],
+    )
+
+
+def _update(added=(), removed=(), moved=(), size=4):
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    return BatchUpdate(batch_size=size, removed=list(removed), added=list(added), moved=list(moved))
+
+
+def test_guidance_pair_combines_both_rows_and_masks_the_layout(model_dir):
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import MoveDirectionality
+
+    proc, layout, eos = _guidance_processor(model_dir)
+    header = [layout.boi_token_id, layout.height_token(2), layout.width_token(2)]
+    xargs = {"image_size": 32, "cfg_scale": 3.0, "cfg_pair": "p"}
+    params = SamplingParams(temperature=0.0, max_tokens=40, extra_args=xargs)
+    cond_out, uncond_out, plain_out = [], [], []
+    cond_prompt, uncond_prompt = [1, 7, 8, 9] + header, [1] + header
+    # rows: 0 = unconditional, 1 = a request without guidance, 2 = conditional (roles from prompt length)
+    proc.update_state(_update(added=[(0, params, uncond_prompt, uncond_out), (2, params, cond_prompt, cond_out),
+                                     (1, SamplingParams(max_tokens=4), [1, 2], plain_out)], size=3))  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, layout.vocab_size, generator=generator)
+    c, u, other = logits[2].clone(), logits[0].clone(), logits[1].clone()
+    out = proc.apply(logits)
+    expected = c + 2.0 * (c - u)
+    lo, hi = layout.code_token_range(0)
+    for row in (0, 2):
+        assert torch.isinf(out[row, :lo]).all() and torch.isinf(out[row, hi:]).all()
+        assert torch.allclose(out[row, lo:hi], expected[lo:hi])
+    assert torch.equal(out[1], other)  # unguided requests are untouched
+    # the next step: both got the same token; sub-codebook 1 is allowed now; a swap moves the pair's rows
+    token = int(out[2].argmax())
+    cond_out.append(token), uncond_out.append(token)
+    proc.update_state(_update(moved=[(0, 1, MoveDirectionality.SWAP)], size=3))  # uncond now row 1, plain row 0
+    logits = torch.randn(3, layout.vocab_size, generator=generator)
+    c, u = logits[2].clone(), logits[1].clone()
+    out = proc.apply(logits)
+    lo, hi = layout.code_token_range(1)
+    assert torch.allclose(out[1, lo:hi], (c + 2.0 * (c - u))[lo:hi]) and torch.equal(out[1], out[2])
+    assert proc.desynchronised == 0
+    # the pair diverges (different last tokens): both rows are forced to end-of-sequence
+    cond_out.append(lo), uncond_out.append(lo + 1)
+    out = proc.apply(torch.randn(3, layout.vocab_size, generator=generator))
+    for row in (1, 2):
+        assert torch.isfinite(out[row]).nonzero().flatten().tolist() == [eos]
+    assert proc.desynchronised == 1
+
+
+def test_guidance_pair_member_alone_is_ended_once_it_has_output(model_dir):
+    from vllm import SamplingParams
+
+    proc, layout, eos = _guidance_processor(model_dir)
+    header = [layout.boi_token_id, layout.height_token(2), layout.width_token(2)]
+    params = SamplingParams(
+        temperature=0.0, max_tokens=40, extra_args={"image_size": 32, "cfg_scale": 2.0, "cfg_pair": 7}
+    )
+    cond_out = []
+    proc.update_state(_update(added=[(0, params, [1, 5] + header, cond_out)], size=1))
+    out = proc.apply(torch.zeros(1, layout.vocab_size))
+    assert out[0].isfinite().nonzero().flatten().min() == layout.code_token_range(0)[0]  # waits, layout-masked
+    assert proc.desynchronised == 0
+    cond_out.append(layout.code_token_range(0)[0])  # it sampled alone: its partner can no longer join in lockstep
+    out = proc.apply(torch.zeros(1, layout.vocab_size))
+    assert out[0].isfinite().nonzero().flatten().tolist() == [eos] and proc.desynchronised == 1
+    # a partner that leaves the batch early (preempted, aborted) ends the one that stays
+    proc2, _, _ = _guidance_processor(model_dir)
+    a, b = [], []
+    proc2.update_state(_update(added=[(0, params, [1, 5] + header, a), (1, params, [1] + header, b)], size=2))
+    proc2.apply(torch.zeros(2, layout.vocab_size))
+    a.append(5), b.append(5)
+    proc2.update_state(_update(removed=[1], size=1))
+    out = proc2.apply(torch.zeros(1, layout.vocab_size))
+    assert out[0].isfinite().nonzero().flatten().tolist() == [eos] and proc2.desynchronised == 1
+
+
+class _Request:
+    def __init__(self, name: str, pair: str | None = None) -> None:
+        self.request_id = name
+        self.sampling_params = SimpleNamespace(extra_args={"cfg_scale": 2.0, "cfg_pair": pair} if pair else None)
+
+    def __repr__(self) -> str:
+        return self.request_id
+
+
+def test_paired_scheduler_admits_pairs_together(monkeypatch):
+    from vllm.v1.core.sched.request_queue import FCFSRequestQueue
+
+    from meditok.ar.vllm_plugin import scheduler
+
+    class Fake(scheduler._PairedAdmission):
+        def __init__(self, slots: int) -> None:
+            self.waiting, self.running, self.max_num_running_reqs = FCFSRequestQueue(), [], slots
+
+    def admitted(fake) -> list[str]:  # what vLLM's scan would see, and the queue restored afterwards
+        before = [r.request_id for r in fake.waiting]
+        held = fake._hold_back_unpaired()
+        seen = [r.request_id for r in fake.waiting]
+        fake.waiting.prepend_requests(list(reversed(held)))
+        assert sorted(r.request_id for r in fake.waiting) == sorted(before)
+        return seen
+
+    fake = Fake(slots=8)
+    cond, plain, uncond = _Request("cond", "p"), _Request("plain"), _Request("uncond", "p")
+    fake.waiting.add_request(cond)
+    fake.waiting.add_request(plain)
+    assert admitted(fake) == ["plain"]  # the partner has not arrived: hold the first member back
+    assert [r.request_id for r in fake.waiting] == ["cond", "plain"]  # and keep its place
+    fake.waiting.add_request(uncond)
+    assert admitted(fake) == ["cond", "uncond", "plain"]  # together, next to each other
+    fake = Fake(slots=1)  # one free slot: a pair cannot start, a plain request can
+    for r in (cond, uncond, plain):
+        fake.waiting.add_request(r)
+    assert admitted(fake) == ["plain"]
+    lone = Fake(slots=8)
+    lone.waiting.add_request(_Request("alone", "q"))
+    assert admitted(lone) == []
+    monkeypatch.setattr(scheduler, "HOLD_SECONDS", 0.0)
+    assert admitted(lone) == ["alone"]  # a partner that never comes does not hang the request
+
+
+def test_serve_command_uses_the_paired_scheduler(model_dir):
+    from meditok.ar.vllm_plugin.client import serve_command
+
+    argv, _ = serve_command(str(model_dir), [])
+    assert argv[argv.index("--scheduler-cls") + 1] == "meditok.ar.vllm_plugin.scheduler.PairedScheduler"
+    argv, _ = serve_command(str(model_dir), ["--scheduler-cls", "x.Y"])
+    assert argv.count("--scheduler-cls") == 1 and argv[argv.index("--scheduler-cls") + 1] == "x.Y"

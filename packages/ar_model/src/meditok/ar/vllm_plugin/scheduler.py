@@ -1,0 +1,100 @@
+"""Gang admission of classifier-free-guidance pairs: a vLLM scheduler that admits the two requests of a pair in the
+same step (``--scheduler-cls meditok.ar.vllm_plugin.scheduler.PairedScheduler``; ``meditok-ar serve`` sets it).
+
+Why: :class:`meditok.ar.vllm_plugin.logits.GuidancePairLogitsProcessor` can only guide a pair whose two requests
+advance in lockstep. vLLM admits a request as soon as it reaches the engine loop, so the two prompts of one HTTP call
+routinely start one step apart on an idle server (measured: every time). Before each scheduling pass this scheduler
+takes out of the waiting queue every guided request whose partner has not arrived yet (for at most ``HOLD_SECONDS``;
+then it goes alone and the logits processor ends it, so a lost partner never hangs a request), and a pair for which
+fewer than two request slots are left; a pair whose partners are both waiting is moved next to each other so the scan
+admits them together. Everything else is vLLM 0.32's own scheduler (internal API: pinned with the plugin). On GPU
+builds with async scheduling, use :class:`PairedAsyncScheduler`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from meditok.ar.vllm_plugin.logits import CFG_PAIR, CFG_SCALE
+
+HOLD_SECONDS = 5.0
+
+
+def _pair_key(request: Any) -> str | None:
+    params = getattr(request, "sampling_params", None)
+    extra = getattr(params, "extra_args", None) or {}
+    if CFG_SCALE not in extra or CFG_PAIR not in extra:
+        return None
+    return str(extra[CFG_PAIR])
+
+
+class _PairedAdmission:
+    waiting: Any
+    running: list
+    max_num_running_reqs: int
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        held = self._hold_back_unpaired()
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            if held:
+                self.waiting.prepend_requests(list(reversed(held)))  # FCFS prepends in reverse: keep their order
+
+    def _hold_back_unpaired(self) -> list:
+        waiting = list(self.waiting)
+        keys = [_pair_key(r) for r in waiting]
+        if not any(keys):
+            return []
+        first_seen: dict[str, float] = self.__dict__.setdefault("_meditok_first_seen", {})
+        now = time.monotonic()
+        live = {_pair_key(r) for r in self.running} - {None}
+        by_key: dict[str, list] = {}
+        for request, key in zip(waiting, keys):
+            if key is not None:
+                by_key.setdefault(key, []).append(request)
+        slots = self.max_num_running_reqs - len(self.running)
+        order, held, placed = [], [], set()
+        for request, key in zip(waiting, keys):
+            if key is None:
+                order.append(request)
+                slots -= 1
+                continue
+            if key in placed:
+                continue
+            placed.add(key)
+            members = by_key[key]
+            seen = first_seen.setdefault(key, now)
+            if len(members) >= 2:
+                if slots >= 2:
+                    order += members
+                    slots -= len(members)
+                    first_seen.pop(key, None)
+                else:
+                    held += members
+            elif key in live or now - seen > HOLD_SECONDS:  # partner running already, or lost: let it go (and end)
+                order += members
+                slots -= 1
+                first_seen.pop(key, None)
+            else:
+                held += members
+        for key in [k for k, t in first_seen.items() if k not in by_key and now - t > 10 * HOLD_SECONDS]:
+            del first_seen[key]  # aborted while held
+        if order != [r for r in waiting if r not in held]:
+            self.waiting.remove_requests(waiting)
+            for request in order:
+                self.waiting.add_request(request)
+        elif held:
+            self.waiting.remove_requests(held)
+        return held
+
+
+class PairedScheduler(_PairedAdmission, Scheduler):
+    pass
+
+
+class PairedAsyncScheduler(_PairedAdmission, AsyncScheduler):
+    pass
