@@ -102,6 +102,19 @@ def test_logits_processor_params():
         requested_size({"cfg_scale": 3.0, "cfg_pair": "a"})
 
 
+def test_sizes_beyond_the_served_models_grid_are_refused(monkeypatch, model_dir):
+    from meditok.ar.vllm_plugin import logits
+
+    layout = TokenLayout.from_config(json.loads((model_dir / "config.json").read_text()))
+    monkeypatch.setattr(logits, "_served_max_grid", None)
+    assert logits.requested_size({"image_size": 512}) == (512, 512)
+    small = TokenLayout(text_vocab_size=layout.text_vocab_size, max_grid=16)
+    logits.note_served_layout(small)  # what the API server's multimodal processor does at start-up
+    assert logits.requested_size({"image_size": 256}) == (256, 256)
+    with pytest.raises(ValueError, match="exceeds this model's 256 pixels"):
+        logits.requested_size({"image_size": 512})
+
+
 def test_guidance_params():
     from vllm import SamplingParams
 

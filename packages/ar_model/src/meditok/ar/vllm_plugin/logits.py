@@ -43,6 +43,17 @@ CFG_SCALE, CFG_PAIR, CFG_ROLE = "cfg_scale", "cfg_pair", "cfg_role"
 ROLES = ("cond", "uncond")
 
 
+_served_max_grid: int | None = None
+
+
+def note_served_layout(layout: TokenLayout) -> None:
+    """Record the served model's ``max_grid`` in this process. vLLM builds the multimodal processor in the API-server
+    process at start-up, before any request, so the logits processors' ``validate_params`` (which vLLM calls there
+    without the model config) can answer HTTP 400 for a grid the model cannot write."""
+    global _served_max_grid
+    _served_max_grid = layout.max_grid
+
+
 def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
     """(H, W) in pixels asked for by a request's extra args, None if it asks for no image; ValueError if malformed."""
     extra = extra_args or {}
@@ -60,8 +71,9 @@ def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
     for name, value in (("image_height", height), ("image_width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 16:
             raise ValueError(f"vllm_xargs.{name} must be a positive multiple of 16 pixels, got {value!r}")
-        if value // 16 > DEFAULT_MAX_GRID:
-            raise ValueError(f"vllm_xargs.{name}={value} exceeds {DEFAULT_MAX_GRID * 16} pixels")
+        limit = _served_max_grid or DEFAULT_MAX_GRID
+        if value // 16 > limit:
+            raise ValueError(f"vllm_xargs.{name}={value} exceeds this model's {limit * 16} pixels")
         out.append(value)
     return out[0], out[1]
 

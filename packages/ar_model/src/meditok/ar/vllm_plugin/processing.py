@@ -87,7 +87,11 @@ def _build() -> tuple[type, type, type]:
             return {"image": None}
 
         def layout(self) -> TokenLayout:
-            return layout_of(self.get_hf_config())
+            from meditok.ar.vllm_plugin.logits import note_served_layout
+
+            layout = layout_of(self.get_hf_config())
+            note_served_layout(layout)  # lets validate_params (same API-server process) refuse grids beyond max_grid
+            return layout
 
         def image_size(self) -> int:
             return image_size_of(self.get_hf_config())
