@@ -1,5 +1,5 @@
-"""``MedITokARForCausalLM`` for vLLM 0.32: vLLM's Llama class (the extension keeps the HF weight names; Mistral
-checkpoints load through it too) plus the multimodal interface, so ``image_url`` parts become MedITok image blocks
+"""``MedITokARForCausalLM`` for vLLM 0.32: vLLM's class of the folder's base (Llama, whose class also loads Mistral
+checkpoints, or Qwen2; the extension keeps the HF weight names) plus the multimodal interface, so ``image_url`` parts become MedITok image blocks
 (see :mod:`meditok.ar.vllm_plugin.processing`) that the model embeds with its own token embedding table."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from vllm.model_executor.models.interfaces import SupportsMultiModal
 from vllm.model_executor.models.llama import LlamaForCausalLM
+from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from meditok.ar.layout import CONFIG_KEY
@@ -20,24 +21,24 @@ from meditok.ar.vllm_plugin.processing import (
     MedITokProcessingInfo,
 )
 
-# Same HF weight names and the same vLLM implementation (vLLM's Llama class also serves Mistral checkpoints).
-# Qwen2 (q/k/v biases) needs its own vLLM class: not wired yet.
-SUPPORTED_BASES = {"LlamaForCausalLM", "MistralForCausalLM"}
+# Llama and Mistral share vLLM's Llama class (same HF weight names); Qwen2 (q/k/v biases) has its own.
+LLAMA_BASES = {"LlamaForCausalLM", "MistralForCausalLM"}
+SUPPORTED_BASES = LLAMA_BASES | {"Qwen2ForCausalLM"}
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
-)
-class MedITokARForCausalLM(LlamaForCausalLM, SupportsMultiModal):
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        block = getattr(vllm_config.model_config.hf_config, CONFIG_KEY, None) or {}
-        base = dict(block).get("base_architecture", "LlamaForCausalLM")
-        if base not in SUPPORTED_BASES:
-            raise ValueError(
-                f"MedITok-AR vLLM plugin: base_architecture {base!r} is not supported yet (only {sorted(SUPPORTED_BASES)}); "
-                "serve this model with the transformers path"
-            )
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+def _base_of(vllm_config: Any) -> str:
+    block = getattr(vllm_config.model_config.hf_config, CONFIG_KEY, None) or {}
+    base = dict(block).get("base_architecture", "LlamaForCausalLM")
+    if base not in SUPPORTED_BASES:
+        raise ValueError(
+            f"MedITok-AR vLLM plugin: base_architecture {base!r} is not supported (only {sorted(SUPPORTED_BASES)}); "
+            "serve this model with the transformers path"
+        )
+    return base
+
+
+class _ImageBlocks:
+    """The multimodal part shared by every base: image blocks arrive as token ids and use the text embedding table."""
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
@@ -58,5 +59,30 @@ class MedITokARForCausalLM(LlamaForCausalLM, SupportsMultiModal):
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings: Any = None, *,
                         is_multimodal: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        # LlamaForCausalLM's one-argument version comes first in the MRO; the multimodal one scatters the image rows.
+        # the bases' one-argument version would come first otherwise; the multimodal one scatters the image rows
         return SupportsMultiModal.embed_input_ids(self, input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
+)
+class MedITokARQwen2ForCausalLM(_ImageBlocks, Qwen2ForCausalLM, SupportsMultiModal):
+    """What :class:`MedITokARForCausalLM` builds for a Qwen2 base."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
+)
+class MedITokARForCausalLM(_ImageBlocks, LlamaForCausalLM, SupportsMultiModal):
+    """The architecture every merged MedITok-AR folder names; vLLM's class for ``meditok_ar.base_architecture`` does
+    the work (one registered name, so folders need no per-base architecture string)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        if cls is MedITokARForCausalLM and vllm_config is not None and _base_of(vllm_config) not in LLAMA_BASES:
+            return MedITokARQwen2ForCausalLM(*args, **kwargs)  # not an instance of cls: Python skips cls.__init__
+        return super().__new__(cls)
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        _base_of(vllm_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
