@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, help="MedMNIST .npz or labelled manifest (repeatable)")
     p.add_argument("--feature", default="features", choices=["features", "embed", "both"])
     p.add_argument("--label-key", default="modality", help="manifest field holding the class (default: modality)")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="manifests: the label field holds several labels per image (a list, or a string split on --label-sep); "
+        "lists and NPZ labels [N, C] are detected without it",
+    )
+    p.add_argument("--label-sep", default="|", help="separator of string multi-labels (default: |)")
     p.add_argument("--max-per-split", type=int, default=None, help="NPZ: at most N images per split")
     p.add_argument("--test-size", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
@@ -59,7 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--weights", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--text-tower", required=True, help="meditok text-tower directory or package.module:factory")
+    p.add_argument(
+        "--text-tower",
+        help="text tower: a meditok directory, an hf_bert folder (BiomedCLIP's PubMedBERT) or package.module:factory "
+        "(default: the path recorded in the release's text_alignment.json)",
+    )
+    p.add_argument("--text-format", choices=["meditok", "hf_bert"], help="default: recorded, else meditok")
+    p.add_argument(
+        "--text-checkpoint", help="hf_bert: BiomedCLIP's open_clip_pytorch_model.bin (default: in the folder)"
+    )
+    p.add_argument("--context-length", type=int, help="hf_bert: prompt length in tokens (default: recorded, else 256)")
+    p.add_argument(
+        "--text-alignment",
+        default="auto",
+        help="exported stage-2 text adapters: 'auto' (text_alignment.* in the --weights directory, if there), "
+        "'none', or a directory holding text_alignment.json + .safetensors",
+    )
     p.add_argument("--prompts", help='JSON {"class": ["prompt", ...]}')
     p.add_argument("--label-key", default="modality")
     p.add_argument("--classes", nargs="+", help="class names (default: the labels in the data)")
@@ -149,14 +171,22 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
         )
         report = Report(args.out, "meditok-eval recon")
-        notes = []
+        notes, skipped = [], {}
         if lpips is None:
-            notes.append("LPIPS not computed: pass --lpips PATH (VGG16 LPIPS weights; not downloadable offline).")
+            skipped["lpips"] = (
+                "no --lpips given: LPIPS needs VGG16 LPIPS weights from a local file (nothing is downloaded); "
+                "enable it with --lpips PATH (a state dict in the lpips layout, e.g. UniTok's lpips_with_vgg.pth, "
+                "or a save_aux directory)"
+            )
+            notes.append(f"**LPIPS skipped** ({skipped['lpips']}); its columns show –.")
         if args.no_fid:
-            notes.append("rFID not computed (--no-fid).")
+            skipped["rfid"] = "--no-fid"
+            notes.append("**rFID skipped** (--no-fid); its columns show –.")
         else:
             notes.append(f"FID Inception: `{inception.path}`.")
         write_recon_report(report, data, results, recons, notes)
+        report.metrics["lpips_weights"] = str(args.lpips) if args.lpips else None
+        report.metrics["skipped"] = skipped
     elif cmd == "codebook":
         from meditok.evals.adapters import load_meditok
         from meditok.evals.codebook import evaluate_codebook, write_codebook_report
@@ -172,12 +202,16 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         report = Report(args.out, "meditok-eval codebook")
         write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
     elif cmd == "probe":
-        from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz
+        from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz, manifest_label_matrix
         from meditok.evals.probe import evaluate_probe, write_probe_report
 
         _check_size(args.size)
         for d in args.data:
-            check_npz(d) if d.endswith(".npz") else load_manifest(d, label_key=args.label_key)
+            if d.endswith(".npz"):
+                check_npz(d)
+            else:
+                rows = load_manifest(d, label_key=args.label_key)
+                manifest_label_matrix(rows, args.label_key, True if args.multi_label else None, args.label_sep, d)
         modes = ("features", "embed") if args.feature == "both" else (args.feature,)
         adapters = _adapters(args, modes)
         results = {}
@@ -192,6 +226,8 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
                     label_key=args.label_key,
                     limit_per_group=args.limit_per_modality,
                     progress=progress,
+                    multi_label=True if args.multi_label else None,
+                    label_sep=args.label_sep,
                 )
             )
             results[data.name] = evaluate_probe(
@@ -207,23 +243,54 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         write_probe_report(report, results, [])
     elif cmd == "zeroshot":
         from meditok.evals.adapters import load_meditok
-        from meditok.evals.data import load_eval_set, load_manifest
+        from meditok.evals.data import load_eval_set, load_manifest, row_label
         from meditok.evals.zeroshot import (
+            DEFAULT_SCALE,
+            AlignedTextTower,
+            check_alignment,
             check_dims,
             evaluate_zeroshot,
             load_prompts,
             load_text_tower,
+            resolve_alignment,
+            tower_settings,
             write_zeroshot_report,
         )
 
         _check_size(args.size)
         rows = load_manifest(args.data, label_key=args.label_key)
         tok = load_meditok(args.weights, args.device)
-        tower = load_text_tower(args.text_tower)
+        alignment = resolve_alignment(args.weights, args.text_alignment)
+        if alignment is not None and alignment.embed_dim != tok.config.embed_dim:
+            raise EvalError(
+                f"the text alignment in {alignment.path} projects to {alignment.embed_dim}-d, the tokenizer's "
+                f"embedding is {tok.config.embed_dim}-d: it belongs to another model"
+            )
+        tw = tower_settings(args.text_tower, args.text_format, args.text_checkpoint, args.context_length, alignment)
+        tower = load_text_tower(tw["spec"], tw["fmt"], tw["checkpoint"], tw["context_length"])
+        notes = [
+            f"Text tower: `{tw['spec']}` (format {tw['fmt']}"
+            + (f", `{tw['checkpoint']}`" if tw["checkpoint"] else "")
+            + ")."
+        ]
+        scale = DEFAULT_SCALE
+        if alignment is not None:
+            check_alignment(tower, alignment)
+            tower = AlignedTextTower(tower, alignment)
+            scale = alignment.logit_scale
+            src = alignment.description.get("source") or {}
+            notes.append(
+                f"Text alignment: the stage-2 adapters exported with the tokenizer (`{alignment.path}`): "
+                f"LayerNorm({alignment.input_dim}) -> Linear({alignment.input_dim} -> {alignment.embed_dim}), "
+                f"from step {src.get('step')} of the training run; trained logit scale {scale:.4g}."
+            )
+        else:
+            notes.append(
+                "No text alignment: the tower's own output is compared with the image embedding (meaningful only if "
+                "the tower was trained into this space); scores use softmax(100 x cosine)."
+            )
         check_dims(tok, tower)
-        labels = sorted(
-            {str(r.modality if args.label_key == "modality" else r.extra.get(args.label_key)) for r in rows}
-        )
+        labels = sorted({row_label(r, args.label_key) for r in rows})
         classes = args.classes or labels
         unknown = sorted(set(labels) - set(classes))
         if unknown:
@@ -237,9 +304,11 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             limit_per_group=args.limit_per_modality,
             progress=progress,
         )
-        m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress)
+        m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress, logit_scale=scale)
+        m["text_tower"] = tw
+        m["text_alignment"] = None if alignment is None else {"path": alignment.path, **alignment.description}
         report = Report(args.out, "meditok-eval zeroshot")
-        write_zeroshot_report(report, data, classes, m, [f"Text tower: `{args.text_tower}`."])
+        write_zeroshot_report(report, data, classes, m, notes)
     elif cmd == "vqa":
         from meditok.evals import vqa
 

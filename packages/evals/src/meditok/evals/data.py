@@ -2,6 +2,12 @@
 
 Everything is validated up front (`load_manifest`, `load_npz`): a missing manifest, a malformed row, a missing image
 file or a missing label raises `EvalError` before any model runs.
+
+Multi-label data (one image, several findings) becomes an `EvalSet` with ``label_matrix`` [N, C] of 0/1 and
+``label_names``: a MedMNIST NPZ whose labels are [N, C] with C > 1 (ChestMNIST: 14 findings), or a manifest whose
+label field holds a list per row: a 0/1 vector of one length (as `meditok-data scan` writes for ChestMNIST) or
+finding names (``["effusion", "edema"]``, ``[]`` = none). ``multi_label=True`` also splits string labels on
+``label_sep`` (CSV manifests).
 """
 
 from __future__ import annotations
@@ -30,15 +36,92 @@ class EvalSet:
     labels: list[str] | None = None
     splits: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    label_matrix: np.ndarray | None = None  # multi-label: [N, C] of 0/1 (then `labels` are display strings)
+    label_names: list[str] | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_matrix is not None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+# MedMNIST v2's ChestMNIST label order (NIH ChestX-ray14 findings).
+CHESTMNIST_NAMES = [
+    "atelectasis",
+    "cardiomegaly",
+    "effusion",
+    "infiltration",
+    "mass",
+    "nodule",
+    "pneumonia",
+    "pneumothorax",
+    "consolidation",
+    "edema",
+    "emphysema",
+    "fibrosis",
+    "pleural",
+    "hernia",
+]
 
 
 def _row_value(row, key: str):
     if key in ("modality", "dataset_name", "caption", "split"):
         return getattr(row, key)
     return row.extra.get(key)
+
+
+def _single_label(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    return str(value)
+
+
+def row_label(row, key: str) -> str:
+    """A row's single label as a string (a one-element list, as `meditok-data scan` writes for NPZ rows: its item)."""
+    return _single_label(_row_value(row, key))
+
+
+def _is_indicator(values: list) -> bool:
+    lengths = {len(v) for v in values if isinstance(v, (list, tuple))}
+    return (
+        all(isinstance(v, (list, tuple)) for v in values)
+        and len(lengths) == 1
+        and lengths.pop() > 1
+        and all(x in (0, 1) and not isinstance(x, str) for v in values for x in v)
+    )
+
+
+def is_multi_label(values: list, multi_label: bool | None = None) -> bool:
+    """``multi_label`` None: auto (some row holds a list whose length is not 1)."""
+    if multi_label is not None:
+        return multi_label
+    return any(isinstance(v, (list, tuple)) and len(v) != 1 for v in values)
+
+
+def label_matrix(values: list, sep: str = "|", where: str = "labels") -> tuple[np.ndarray, list[str]]:
+    """Multi-label values per row -> ([N, C] 0/1, class names). A 0/1 vector per row of one length C, or names:
+    a list, or a string split on ``sep`` ("" and [] = no label)."""
+    if _is_indicator(values):
+        matrix = np.asarray(values, dtype=np.int64)
+        return matrix, [str(i) for i in range(matrix.shape[1])]
+    sets = []
+    for i, v in enumerate(values):
+        if v is None:
+            raise EvalError(f"{where}: row {i + 1} has no label")
+        if isinstance(v, str):
+            items = [x.strip() for x in v.split(sep)] if sep else [v]
+        elif isinstance(v, (list, tuple)):
+            items = [str(x).strip() for x in v]
+        else:
+            items = [str(v)]
+        sets.append({x for x in items if x})
+    names = sorted(set().union(*sets))
+    if len(names) < 2:
+        raise EvalError(f"{where}: multi-label data needs at least 2 classes, found {names}")
+    matrix = np.array([[int(n in s) for n in names] for s in sets], dtype=np.int64)
+    return matrix, names
 
 
 def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_group: int | None = None, seed: int = 0):
@@ -80,6 +163,19 @@ def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_g
     return rows
 
 
+def manifest_label_matrix(
+    rows, label_key: str | None, multi_label: bool | None = None, label_sep: str = "|", where: str = "manifest"
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """([N, C], names) when the rows' ``label_key`` values are multi-label (see the module docstring), else
+    (None, None); raises `EvalError` for unusable labels (call it before any work)."""
+    if not label_key:
+        return None, None
+    values = [_row_value(r, label_key) for r in rows]
+    if not is_multi_label(values, multi_label):
+        return None, None
+    return label_matrix(values, label_sep, f"{where}: label {label_key!r}")
+
+
 def images_from_rows(
     rows,
     *,
@@ -88,9 +184,14 @@ def images_from_rows(
     name: str = "data",
     label_key: str | None = None,
     progress: bool = True,
+    multi_label: bool | None = None,
+    label_sep: str = "|",
 ) -> EvalSet:
-    """Decode and preprocess manifest rows (meditok-data `Preprocess`, eval mode) into an `EvalSet`."""
+    """Decode and preprocess manifest rows (meditok-data `Preprocess`, eval mode) into an `EvalSet` (multi-label:
+    see the module docstring; ``multi_label`` None = auto)."""
     from meditok.data import MedicalImageError, Preprocess, load_row
+
+    matrix, names = manifest_label_matrix(rows, label_key, multi_label, label_sep, name)
 
     preprocess = Preprocess(size=size, resize=resize)
     images, groups, keys, labels, splits = [], [], [], [], []
@@ -101,9 +202,11 @@ def images_from_rows(
             raise EvalError(f"cannot read {row.key}: {exc}") from None
         groups.append(row.modality)
         keys.append(row.key)
-        labels.append(str(_row_value(row, label_key)) if label_key else row.modality)
+        labels.append(_single_label(_row_value(row, label_key)) if label_key else row.modality)
         splits.append(row.split or "")
-    return EvalSet(name, torch.stack(images), groups, keys, labels, splits)
+    if matrix is not None:
+        labels = ["|".join(n for n, on in zip(names, m) if on) for m in matrix]
+    return EvalSet(name, torch.stack(images), groups, keys, labels, splits, label_matrix=matrix, label_names=names)
 
 
 def load_eval_set(
@@ -114,15 +217,25 @@ def load_eval_set(
     label_key: str | None = None,
     limit_per_group: int | None = None,
     progress: bool = True,
+    multi_label: bool | None = None,
+    label_sep: str = "|",
 ) -> EvalSet:
     rows = load_manifest(path, label_key=label_key, limit_per_group=limit_per_group)
     return images_from_rows(
-        rows, size=size, resize=resize, name=Path(path).stem, label_key=label_key, progress=progress
+        rows,
+        size=size,
+        resize=resize,
+        name=Path(path).stem,
+        label_key=label_key,
+        progress=progress,
+        multi_label=multi_label,
+        label_sep=label_sep,
     )
 
 
 def check_npz(path: str | Path) -> dict:
-    """Validate a MedMNIST-style NPZ (``{train,val,test}_images`` + ``_labels``); returns {split: count}."""
+    """Validate a MedMNIST-style NPZ (``{train,val,test}_images`` + ``_labels``: [N] / [N, 1] class indices, or
+    [N, C] 0/1 multi-label targets, C the same in every split); returns {split: count}."""
     path = Path(path)
     if not path.exists():
         raise EvalError(f"NPZ file not found: {path}")
@@ -130,7 +243,7 @@ def check_npz(path: str | Path) -> dict:
         data = np.load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise EvalError(f"cannot read NPZ {path}: {exc}") from None
-    counts = {}
+    counts, widths = {}, set()
     for split in ("train", "val", "test"):
         if f"{split}_images" in data.files:
             if f"{split}_labels" not in data.files:
@@ -138,9 +251,15 @@ def check_npz(path: str | Path) -> dict:
             n_img, labels = len(data[f"{split}_images"]), data[f"{split}_labels"]
             if len(labels) != n_img:
                 raise EvalError(f"NPZ {path}: {n_img} {split} images but {len(labels)} labels")
-            if labels.ndim == 2 and labels.shape[1] > 1:
-                raise EvalError(f"NPZ {path}: multi-label targets {labels.shape} are not supported by the probe")
+            if labels.ndim > 2:
+                raise EvalError(f"NPZ {path}: {split}_labels has shape {labels.shape}, expected [N] or [N, C]")
+            width = labels.shape[1] if labels.ndim == 2 else 1
+            if width > 1 and not np.isin(labels, (0, 1)).all():
+                raise EvalError(f"NPZ {path}: multi-label {split}_labels {labels.shape} must hold only 0 and 1")
+            widths.add(width)
             counts[split] = n_img
+    if len(widths) > 1:
+        raise EvalError(f"NPZ {path}: the splits have different label widths {sorted(widths)}")
     if "train" not in counts or not ({"val", "test"} & set(counts)):
         raise EvalError(f"NPZ {path}: needs train_images/train_labels and test_* (or val_*), has {data.files}")
     return counts
@@ -149,27 +268,47 @@ def check_npz(path: str | Path) -> dict:
 def load_npz(
     path: str | Path, *, size: int = 64, max_per_split: int | None = None, seed: int = 0, progress: bool = True
 ) -> EvalSet:
-    """MedMNIST NPZ -> EvalSet with splits 'train' and 'test' (``val`` is used as test when there is no test)."""
+    """MedMNIST NPZ -> EvalSet with splits 'train' and 'test' (``val`` is used as test when there is no test).
+    Labels [N, C] with C > 1 make a multi-label set (ChestMNIST's 14 findings get their names)."""
     from meditok.tokenizer.preprocessing import preprocess
 
     path = Path(path)
     counts = check_npz(path)
     data = np.load(path)
     test_split = "test" if "test" in counts else "val"
-    images, labels, splits, keys = [], [], [], []
+    images, labels, rows, splits, keys = [], [], [], [], []
     rng = random.Random(seed)
+    width = 1
     for split in ("train", test_split):
-        arr, lab = data[f"{split}_images"], data[f"{split}_labels"].reshape(len(data[f"{split}_images"]), -1)[:, 0]
+        arr = data[f"{split}_images"]
+        lab = data[f"{split}_labels"].reshape(len(arr), -1)
+        width = lab.shape[1]
         order = list(range(len(arr)))
         if max_per_split and len(order) > max_per_split:
             order = sorted(rng.sample(order, max_per_split))
         for i in tqdm(order, desc=f"load {path.stem}:{split}", unit="img", disable=not progress):
             images.append(preprocess(arr[i], size=size, resize="squash")[0])
-            labels.append(str(int(lab[i])))
+            rows.append(lab[i].astype(np.int64))
+            labels.append(str(int(lab[i, 0])))
             splits.append("train" if split == "train" else "test")
             keys.append(f"{path.name}#{split}={i}")
     modality = path.stem.replace("mnist", "")
-    return EvalSet(path.stem, torch.stack(images), [modality] * len(keys), keys, labels, splits)
+    matrix = names = None
+    if width > 1:
+        matrix = np.stack(rows)
+        stem = path.stem.split("_")[0].lower()
+        names = CHESTMNIST_NAMES if stem == "chestmnist" and width == 14 else [str(i) for i in range(width)]
+        labels = ["|".join(n for n, on in zip(names, m) if on) for m in matrix]
+    return EvalSet(
+        path.stem,
+        torch.stack(images),
+        [modality] * len(keys),
+        keys,
+        labels,
+        splits,
+        label_matrix=matrix,
+        label_names=names,
+    )
 
 
 def read_json_or_jsonl(path: str | Path) -> list[dict]:

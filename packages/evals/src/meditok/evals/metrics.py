@@ -7,6 +7,8 @@
   S1 S2 (real, non-negative for PSD S1, S2), the approach torchmetrics takes; tested against scipy.linalg.sqrtm.
 * `precision_recall`: Kynkäänniemi et al. (2019) k-NN manifolds (k=3) in Inception feature space.
 * `classification_metrics`: accuracy, macro one-vs-rest AUC and macro average precision (mAP) via torchmetrics.
+* `multilabel_metrics`: per-class AUC and average precision (torchmetrics' binary ones, column by column), their
+  macro means over the classes with both positives and negatives in the targets, and label accuracy at 0.5.
 * `codebook_stats`: usage, perplexity and dead codes per sub-codebook from a code histogram.
 """
 
@@ -114,6 +116,41 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray, num_classes:
     else:
         out["auc"] = out["map"] = float("nan")
     return out
+
+
+def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict:
+    """Multi-label scores [N, C] (per-class probabilities) against 0/1 targets [N, C].
+
+    Per class: AUC and AP (None where the targets hold a single value: undefined); ``auc`` / ``map`` are their means
+    over the defined classes (macro); ``accuracy`` = mean over classes of the accuracy of ``score >= threshold``;
+    ``exact_match`` = share of images whose every label is right."""
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    s = torch.as_tensor(np.asarray(scores), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    if s.shape != t.shape or s.ndim != 2:
+        raise ValueError(f"scores {tuple(s.shape)} and targets {tuple(t.shape)} must both be [N, C]")
+    auc: list[float | None] = []
+    ap: list[float | None] = []
+    for c in range(t.shape[1]):
+        positives = int(t[:, c].sum())
+        if 0 < positives < len(t):
+            auc.append(float(binary_auroc(s[:, c], t[:, c])))
+            ap.append(float(binary_average_precision(s[:, c], t[:, c])))
+        else:
+            auc.append(None)
+            ap.append(None)
+    defined = [i for i, v in enumerate(auc) if v is not None]
+    pred = (s >= threshold).long()
+    return {
+        "accuracy": float((pred == t).double().mean()),
+        "exact_match": float((pred == t).all(dim=1).double().mean()),
+        "auc": float(np.mean([auc[i] for i in defined])) if defined else float("nan"),
+        "map": float(np.mean([ap[i] for i in defined])) if defined else float("nan"),
+        "per_class_auc": auc,
+        "per_class_ap": ap,
+        "classes_scored": len(defined),
+    }
 
 
 def confusion_matrix(pred: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:

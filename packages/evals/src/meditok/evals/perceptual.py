@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,11 @@ def load_lpips(path: str | os.PathLike | None, width_divisor: int | None = None)
         net = _load(str(p), width_divisor=divisor or 1, what="--lpips")
     except AuxModelError as exc:
         raise EvalError(str(exc)) from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:  # unreadable file
+        raise EvalError(
+            f"--lpips: cannot read {p} as LPIPS VGG16 weights (a state dict in the lpips layout, e.g. "
+            f"lpips_with_vgg.pth, or a save_aux directory): {str(exc).splitlines()[0][:200]}"
+        ) from None
     return LPIPSPerImage(net)
 
 

@@ -195,7 +195,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     # Needs only torch: a ZeRO 0-2 checkpoint's module weights are a plain torch pickle (no DeepSpeed import).
-    from .training.export import export_checkpoint, read_core_state, resolve_checkpoint
+    from .training.export import TEXT_ALIGNMENT_CONFIG, export_checkpoint, read_core_state, resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
@@ -203,8 +203,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         raise CLIError(f"{args.checkpoint}: cannot read the training checkpoint ({exc})") from None
     low = sorted({str(v.dtype) for v in core.values() if v.is_floating_point() and v.dtype != torch.float32})
-    out = export_checkpoint(checkpoint, args.output)
+    try:
+        out = export_checkpoint(checkpoint, args.output)
+    except KeyError as exc:  # e.g. a text-teacher checkpoint without its adapters
+        raise CLIError(f"{args.checkpoint}: cannot export ({exc.args[0] if exc.args else exc})") from None
     print(f"exported {checkpoint} (stage {state.get('stage')}, step {state.get('step')}) to {out}")
+    if (Path(out) / TEXT_ALIGNMENT_CONFIG).exists():
+        print(f"with the stage-2 text adapters ({TEXT_ALIGNMENT_CONFIG}): meditok-eval zeroshot uses them")
     if low:
         print(f"note: the checkpoint's module weights are {', '.join(low)}; the export holds them in fp32")
     return 0

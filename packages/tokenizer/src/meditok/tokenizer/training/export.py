@@ -5,6 +5,21 @@ per-engine folders. For ZeRO stages 0-2 the whole module state is in `generator/
 `"module"` (a plain torch pickle: only tensors and containers, read here with `weights_only=True`), so exporting needs
 only torch and works in an inference-only install (`meditok export CKPT OUT_DIR`).
 
+Text alignment (stage 2, `teacher.kind: text`): the image side of the alignment is part of the tokenizer (its
+`fc_norm` + `projection` give `MedITok.embed_image`; `logit_scale` is in the weights too), but the text side is not:
+training maps the frozen text tower's output through trainable adapters, `text_fc_norm` (LayerNorm) then
+`text_projection` (Linear, tower dim -> embed_dim), before the CLIP loss. The export writes them next to the release,
+which `MedITok.from_pretrained` ignores (it reads only config.json + model.safetensors):
+
+    text_alignment.safetensors   text_fc_norm.{weight,bias}, text_projection.{weight,bias} (fp32)
+    text_alignment.json          the text tower the run used (format, path, checkpoint, context_length, output_dim),
+                                 the adapter shapes, the LayerNorm eps and the logit scale (exp, as in the loss)
+
+so that zero-shot classification (`meditok-eval zeroshot`) embeds prompts in the space training aligned:
+``text = normalize(text_projection(text_fc_norm(tower.encode_text(prompts))))``, scored against
+``MedITok.embed_image(x)`` (`load_text_alignment` rebuilds the adapters). Stage-1 runs (a vision teacher) have the
+same-named adapters on image features; they are not text alignment and are not exported.
+
 Precision: with `run.precision: bf16` the engine's module weights are bf16 (the fp32 master copy lives, flattened,
 in the ZeRO optimizer files); the export then holds those bf16 values in fp32. For the fp32 master weights run the
 checkpoint's `zero_to_fp32.py` (needs DeepSpeed) and pass its output to `MedITok.from_pretrained`.
@@ -13,15 +28,25 @@ checkpoint's `zero_to_fp32.py` (needs DeepSpeed) and pass its output to `MedITok
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..api import MedITok
 from ..config import MedITokConfig
 
 STATE_FILE = "trainer_state.json"
+TEXT_ALIGNMENT_WEIGHTS = "text_alignment.safetensors"
+TEXT_ALIGNMENT_CONFIG = "text_alignment.json"
+TEXT_ALIGNMENT_KIND = "meditok-text-alignment"
+TEXT_ALIGNMENT_VERSION = 1
+ADAPTER_KEYS = ("text_fc_norm.weight", "text_fc_norm.bias", "text_projection.weight", "text_projection.bias")
+LOGIT_SCALE_MAX = 100.0  # the loss clamps exp(logit_scale) here
 GENERATOR_STATES = Path("generator") / "mp_rank_00_model_states.pt"
 DISCRIMINATOR_STATES = Path("discriminator") / "mp_rank_00_model_states.pt"
 
@@ -47,22 +72,194 @@ def _module_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
+def _read_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    ckpt = resolve_checkpoint(checkpoint)
+    trainer_state = json.loads((ckpt / STATE_FILE).read_text())
+    return ckpt, _module_state(ckpt / GENERATOR_STATES), trainer_state
+
+
+def _split_module(
+    ckpt: Path, module: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    core = {k[len("core.") :]: v for k, v in module.items() if k.startswith("core.")}
+    disc = _module_state(ckpt / DISCRIMINATOR_STATES) if (ckpt / DISCRIMINATOR_STATES).exists() else {}
+    return core, disc
+
+
 def read_core_state(
     checkpoint: str | os.PathLike,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(core state dict, discriminator-head state dict, trainer state) from a training checkpoint directory.
-    The trainable teacher adapters (`text_fc_norm`, `text_projection`) are dropped, as the reference does."""
-    ckpt = resolve_checkpoint(checkpoint)
-    trainer_state = json.loads((ckpt / STATE_FILE).read_text())
-    module = _module_state(ckpt / GENERATOR_STATES)
-    core = {k[len("core.") :]: v for k, v in module.items() if k.startswith("core.")}
-    disc = _module_state(ckpt / DISCRIMINATOR_STATES) if (ckpt / DISCRIMINATOR_STATES).exists() else {}
+    The trainable teacher adapters (`text_fc_norm`, `text_projection`) are dropped, as the reference does (a stage-2
+    export writes them separately: `text_alignment_from_checkpoint`)."""
+    ckpt, module, trainer_state = _read_checkpoint(checkpoint)
+    core, disc = _split_module(ckpt, module)
     return core, disc, trainer_state
+
+
+def text_alignment_from_checkpoint(
+    module: dict[str, torch.Tensor], trainer_state: dict, source: str = "<checkpoint>"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(adapter tensors, description) of a text-teacher run's module state, or None (no text teacher)."""
+    teacher = (trainer_state.get("config") or {}).get("teacher") or {}
+    if teacher.get("kind") != "text":
+        return None
+    missing = [k for k in ADAPTER_KEYS if k not in module]
+    if missing:
+        raise KeyError(f"{source}: a text-teacher checkpoint without the adapters {missing}")
+    tensors = {k: module[k].detach().to("cpu", torch.float32).contiguous() for k in ADAPTER_KEYS}
+    embed_dim, tower_dim = tensors["text_projection.weight"].shape
+    if tuple(tensors["text_fc_norm.weight"].shape) != (tower_dim,):
+        raise KeyError(f"{source}: text_fc_norm {tuple(tensors['text_fc_norm.weight'].shape)} vs projection input")
+    core_scale = module.get("core.logit_scale")
+    # exp(logit_scale) clamped as in the CLIP loss
+    logit_scale = min(math.exp(float(core_scale)), LOGIT_SCALE_MAX) if core_scale is not None else 1 / 0.07
+    model_config = trainer_state.get("model_config") or {}
+    description = {
+        "kind": TEXT_ALIGNMENT_KIND,
+        "format_version": TEXT_ALIGNMENT_VERSION,
+        "text_tower": {
+            "format": teacher.get("format", "meditok"),
+            "path": teacher.get("path"),
+            "checkpoint": teacher.get("checkpoint"),
+            "context_length": teacher.get("context_length"),
+            "output_dim": int(tower_dim),
+        },
+        "adapters": {
+            "text_fc_norm": {"type": "LayerNorm", "dim": int(tower_dim), "eps": 1e-5},
+            "text_projection": {"type": "Linear", "in_features": int(tower_dim), "out_features": int(embed_dim)},
+        },
+        "embed_dim": int(model_config.get("embed_dim", embed_dim)),
+        "logit_scale": logit_scale,
+        "source": {"checkpoint": source, "stage": trainer_state.get("stage"), "step": trainer_state.get("step")},
+        "usage": "text = normalize(text_projection(text_fc_norm(text_tower.encode_text(prompts)))); "
+        "logits = logit_scale * MedITok.embed_image(x) @ text.T",
+    }
+    if description["embed_dim"] != embed_dim:
+        raise KeyError(
+            f"{source}: text_projection outputs {embed_dim}-d, the model's embed_dim is {description['embed_dim']}"
+        )
+    return tensors, description
+
+
+def _write_atomic(directory: Path, name: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, directory / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Training checkpoint -> a `save_pretrained` directory (config.json + fp32 model.safetensors) that
-    `MedITok.from_pretrained` loads."""
-    core, _, state = read_core_state(checkpoint)
+    `MedITok.from_pretrained` loads, plus, for a text-teacher (stage-2) run, `text_alignment.safetensors` +
+    `text_alignment.json` (see the module docstring). Alignment files left by an earlier export into the same
+    directory are removed when this checkpoint has none."""
+    from safetensors.torch import save_file
+
+    ckpt, module, state = _read_checkpoint(checkpoint)
+    core, _ = _split_module(ckpt, module)
     model = MedITok.from_state_dict(core, MedITokConfig.from_dict(state["model_config"]), source=str(checkpoint))
-    return model.save_pretrained(out_dir)
+    alignment = text_alignment_from_checkpoint(module, state, str(ckpt))  # checked before anything is written
+    out = model.save_pretrained(out_dir)
+    if alignment is None:
+        for name in (TEXT_ALIGNMENT_WEIGHTS, TEXT_ALIGNMENT_CONFIG):
+            (out / name).unlink(missing_ok=True)
+        return out
+    tensors, description = alignment
+    _write_atomic(out, TEXT_ALIGNMENT_WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _write_atomic(out, TEXT_ALIGNMENT_CONFIG, lambda p: Path(p).write_text(json.dumps(description, indent=2) + "\n"))
+    return out
+
+
+# ------------------------------------------------------------------------------------ reading the alignment back
+
+
+class TextAlignmentError(ValueError):
+    pass
+
+
+class TextAlignment(nn.Module):
+    """The exported text-side adapters: text-tower features [N, D] -> l2-normalised embeddings [N, embed_dim] in the
+    space of `MedITok.embed_image` (as training's `teacher_embedding`). `description` is text_alignment.json."""
+
+    def __init__(self, description: dict[str, Any]):
+        super().__init__()
+        norm, proj = description["adapters"]["text_fc_norm"], description["adapters"]["text_projection"]
+        self.description = description
+        self.path: str | None = None  # the directory it was read from
+        self.text_fc_norm = nn.LayerNorm(int(norm["dim"]), eps=float(norm.get("eps", 1e-5)))
+        self.text_projection = nn.Linear(int(proj["in_features"]), int(proj["out_features"]))
+
+    @property
+    def input_dim(self) -> int:
+        return self.text_projection.in_features
+
+    @property
+    def embed_dim(self) -> int:
+        return self.text_projection.out_features
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.description["logit_scale"])
+
+    @property
+    def text_tower(self) -> dict[str, Any]:
+        return dict(self.description.get("text_tower") or {})
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.to(self.text_projection.weight.dtype)
+        return torch.nn.functional.normalize(self.text_projection(self.text_fc_norm(x)).float(), dim=-1)
+
+
+def find_text_alignment(path: str | os.PathLike) -> Path | None:
+    """The directory holding text_alignment.json: `path` itself (a release directory or the JSON file)."""
+    p = Path(path)
+    if p.is_file() and p.name == TEXT_ALIGNMENT_CONFIG:
+        p = p.parent
+    return p if p.is_dir() and (p / TEXT_ALIGNMENT_CONFIG).is_file() else None
+
+
+def load_text_alignment(path: str | os.PathLike) -> TextAlignment:
+    """Read text_alignment.json + text_alignment.safetensors from a release directory (strict: every tensor, every
+    shape); raises `TextAlignmentError` naming the file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    directory = find_text_alignment(p)
+    if directory is None:
+        raise TextAlignmentError(
+            f"{p}: no {TEXT_ALIGNMENT_CONFIG} (export a stage-2, text-teacher checkpoint with `meditok export`)"
+        )
+    config_file, weights = directory / TEXT_ALIGNMENT_CONFIG, directory / TEXT_ALIGNMENT_WEIGHTS
+    try:
+        description = json.loads(config_file.read_text())
+        if description.get("kind") != TEXT_ALIGNMENT_KIND:
+            raise TextAlignmentError(f"{config_file}: kind {description.get('kind')!r}, not {TEXT_ALIGNMENT_KIND!r}")
+        if int(description.get("format_version", 0)) > TEXT_ALIGNMENT_VERSION:
+            raise TextAlignmentError(
+                f"{config_file}: format_version {description['format_version']} is newer than this reader "
+                f"({TEXT_ALIGNMENT_VERSION})"
+            )
+        module = TextAlignment(description)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, TextAlignmentError):
+            raise
+        raise TextAlignmentError(f"{config_file}: not a text-alignment description ({exc})") from None
+    if not weights.is_file():
+        raise TextAlignmentError(f"{weights}: missing (it belongs with {config_file.name})")
+    state = load_file(str(weights))
+    expected = module.state_dict()
+    wrong = sorted(set(state) ^ set(expected)) + sorted(
+        f"{k}: file {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if wrong:
+        raise TextAlignmentError(f"{weights} does not match {config_file.name}: {wrong[:5]}")
+    module.load_state_dict(state)
+    module.path = str(directory)
+    return module.eval().requires_grad_(False)
