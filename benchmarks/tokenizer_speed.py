@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from meditok.tokenizer.benchmark import machine, measure_rss, time_batches  # noqa: F401  (ar_generation imports machine)
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "meditok-tokenizer speed"
@@ -41,21 +41,6 @@ def write_published_format_weights(path: Path) -> Path:
 
     torch.save(seeded_state_dict(), path)
     return path
-
-
-def measure_rss(weights: Path, device: str, dtype: str, size: int) -> dict:
-    """Peak RSS (and GPU memory) of a fresh process: load the .pth, encode+decode one B=2 batch."""
-    code = f"""
-import resource, json, torch
-from meditok.tokenizer import MedITok
-tok = MedITok.from_pretrained({str(weights)!r}, device={device!r}, dtype=getattr(torch, {dtype!r}))
-x = torch.rand(2, 3, {size}, {size}) * 2 - 1
-tok.decode(tok.encode(x))
-gpu = torch.cuda.max_memory_allocated() / 2**30 if {device!r}.startswith("cuda") else None
-print(json.dumps({{"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_gpu_gib": gpu}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 REFERENCE_CODE = """
@@ -89,60 +74,6 @@ def time_reference(python: str, src: Path, weights: Path, batch: int, size: int,
     data["encode_decode_s"] = statistics.median(r[0] + r[1] for r in data["runs"])
     data["cpu_s"] = statistics.median(r[2] for r in data["runs"])
     return data
-
-
-def time_batches(tok, batch_sizes: list[int], size: int, repeats: int, device: str) -> list[dict]:
-    from tqdm import tqdm
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    rows = []
-    for batch in tqdm(batch_sizes, desc="batch sizes"):
-        x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)) * 2 - 1
-        codes = tok.encode(x)
-        tok.decode(codes)  # warm-up: allocator, oneDNN/cuDNN primitive selection
-        enc, dec, cpu = [], [], []
-        for _ in range(repeats):
-            sync()
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            codes = tok.encode(x)
-            sync()
-            t1 = time.perf_counter()
-            tok.decode(codes)
-            sync()
-            t2 = time.perf_counter()
-            cpu.append(time.process_time() - c0)
-            enc.append(t1 - t0)
-            dec.append(t2 - t1)
-        e, d = statistics.median(enc), statistics.median(dec)
-        rows.append(
-            {
-                "batch": batch,
-                "encode_s": e,
-                "decode_s": d,
-                "encode_img_s": batch / e,
-                "decode_img_s": batch / d,
-                "encode_decode_s": statistics.median(a + b for a, b in zip(enc, dec)),
-                "cpu_s": statistics.median(cpu),
-            }
-        )
-    return rows
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
 def render(results: dict) -> str:

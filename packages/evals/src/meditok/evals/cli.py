@@ -115,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="tokenizer speed and memory")
     _common(p, data=False)
     p.add_argument("--weights", required=True)
-    p.add_argument("--script", help="benchmarks/tokenizer_speed.py (default: found from the current folder)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--size", type=int, default=256)
@@ -367,13 +366,11 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         source = f"`{args.generated}`" if folder else f"`{args.generator or args.model_path}`"
         gen.write_gen_report(report, result, real, fake, source, [f"FID Inception: `{inception.path}`."])
     elif cmd == "bench":
-        from meditok.evals.bench import find_script, run_bench, write_bench_report
+        from meditok.evals.bench import run_bench, write_bench_report
 
-        script = find_script(args.script)
         if not Path(args.weights).exists():
             raise EvalError(f"tokenizer weights not found: {args.weights}")
         r = run_bench(
-            script,
             args.weights,
             device=args.device,
             dtype=args.dtype,
