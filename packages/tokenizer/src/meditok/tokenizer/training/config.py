@@ -48,12 +48,24 @@ class LPIPSConfig:
 class TeacherConfig:
     kind: str = "none"  # none | vision | text
     # vision: meditok (a directory written by save_aux) | open_clip (BiomedCLIP's open_clip_pytorch_model.bin)
+    #         | timm (`name` + a local state dict; needs the timm package)
+    #         | transformers (a local save_pretrained folder; AutoModel, local files only)
     # text:   meditok | hf_bert (a local Hugging Face BERT folder + BiomedCLIP's checkpoint; needs transformers)
     format: str = "meditok"
     path: str | None = None
     checkpoint: str | None = None  # hf_bert: BiomedCLIP's open_clip_pytorch_model.bin (default: inside `path`)
     weight: float = 0.1  # lc: 0.1 in stage 1, 1.0 in stage 2
     context_length: int = 256
+    # Vision teachers. name / model_kwargs: timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs).
+    name: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Input: nearest resize to image_size, then ((x + 1) / 2 - mean) / std. null = from the model: timm's data
+    # config; transformers' config.json (size) and preprocessor_config.json (mean/std); meditok / open_clip: the
+    # ViT's size and no normalisation (the reference feeds BiomedCLIP the [-1, 1] image as is).
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    pooling: str = "auto"  # transformers: auto | pooler | cls (see aux_models.load_vision_teacher)
 
 
 @dataclass
@@ -133,12 +145,22 @@ class TrainConfig:
             problems.append(f"stage must be 1 or 2, got {self.stage}")
         if self.teacher.kind not in ("none", "vision", "text"):
             problems.append(f"teacher.kind must be none, vision or text, got {self.teacher.kind!r}")
-        formats = {"vision": ("meditok", "open_clip"), "text": ("meditok", "hf_bert")}.get(self.teacher.kind)
-        if formats and self.teacher.format not in formats:
-            problems.append(
-                f"teacher.format for a {self.teacher.kind} teacher must be one of {list(formats)}, "
-                f"got {self.teacher.format!r}"
-            )
+        t = self.teacher
+        formats = {"vision": ("meditok", "open_clip", "timm", "transformers"), "text": ("meditok", "hf_bert")}.get(
+            t.kind
+        )
+        if formats and t.format not in formats:
+            problems.append(f"teacher.format for a {t.kind} teacher must be one of {list(formats)}, got {t.format!r}")
+        if t.kind == "vision" and t.format == "timm" and not t.name:
+            problems.append("teacher.name: format timm needs a timm model name (e.g. vit_base_patch16_224)")
+        if (t.mean is None) != (t.std is None):
+            problems.append("teacher.mean and teacher.std: set both or neither")
+        if t.std is not None and any(v <= 0 for v in t.std):
+            problems.append(f"teacher.std must be positive, got {list(t.std)}")
+        if t.image_size is not None and t.image_size < 1:
+            problems.append(f"teacher.image_size must be positive, got {t.image_size}")
+        if t.pooling not in ("auto", "pooler", "cls"):
+            problems.append(f"teacher.pooling must be auto, pooler or cls, got {t.pooling!r}")
         if self.run.precision not in ("fp32", "bf16"):
             problems.append(f"run.precision must be fp32 or bf16, got {self.run.precision!r}")
         if self.run.zero_stage not in (0, 1, 2):
@@ -164,6 +186,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")

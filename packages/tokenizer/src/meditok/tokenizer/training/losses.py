@@ -53,6 +53,22 @@ def adaptive_weight(
     return (g_nll.norm() / (g_gan.norm() + 1e-6)).clamp(low, high).detach()
 
 
+def adaptive_weight_from_output(
+    output: torch.Tensor,
+    grad_nll: torch.Tensor,
+    grad_gan: torch.Tensor,
+    last_layer: torch.Tensor,
+    low: float = 0.015,
+    high: float = 1e4,
+) -> torch.Tensor:
+    """`adaptive_weight` from the two losses' gradients w.r.t. the decoder `output` (when both losses reach the
+    last layer only through it): d L / d W_last = (d output / d W_last)^T (d L / d output), so two backward passes
+    through the last layer replace two through LPIPS and the discriminator. The same value up to rounding."""
+    g_nll = torch.autograd.grad(output, last_layer, grad_outputs=grad_nll, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(output, last_layer, grad_outputs=grad_gan, retain_graph=True)[0]
+    return (g_nll.norm() / (g_gan.norm() + 1e-6)).clamp(low, high).detach()
+
+
 def disc_schedules(step: int, start: int, warmup: int) -> tuple[float, float]:
     """(warm-up factor 0 -> 1 over `warmup` steps after `start`, fade-blur factor 1 -> 0 over 2 * warmup)."""
     it = step - start
@@ -80,11 +96,16 @@ class DiffAug:
             return x
         b, _, h, w = x.shape
         if self.translation > 0:
+            # Shift each image by its own (dy, dx) with zero fill: one gather from the padded batch (the same
+            # values and RNG draws as cropping each padded image in a Python loop, in one op instead of b).
             sh, sw = int(h * self.translation + 0.5), int(w * self.translation + 0.5)
-            dy = torch.randint(-sh, sh + 1, (b,)).tolist()
-            dx = torch.randint(-sw, sw + 1, (b,)).tolist()
+            dy = torch.randint(-sh, sh + 1, (b,))
+            dx = torch.randint(-sw, sw + 1, (b,))
+            rows = ((sh + dy)[:, None] + torch.arange(h)).to(x.device)  # [b, h] rows of the padded image
+            cols = ((sw + dx)[:, None] + torch.arange(w)).to(x.device)  # [b, w]
             padded = F.pad(x, (sw, sw, sh, sh))
-            x = torch.stack([padded[i, :, sh + dy[i] : sh + dy[i] + h, sw + dx[i] : sw + dx[i] + w] for i in range(b)])
+            x = padded.gather(2, rows[:, None, :, None].expand(b, x.shape[1], h, padded.shape[-1]))
+            x = x.gather(3, cols[:, None, None, :].expand(b, x.shape[1], h, w))
         if self.cutout > 0:
             ch, cw = int(h * self.cutout + 0.5), int(w * self.cutout + 0.5)
             cy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1))

@@ -306,8 +306,13 @@ class DinoDiscriminator(nn.Module):
             return x[..., top : top + side, left : left + side]
         return F.interpolate(x, size=(side, side), mode="area")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet normalisation and the random crop / area resize to a multiple of the patch (one draw per call,
+        shared by the batch). `forward(torch.cat([prepare(a), prepare(b)]), prepared=True)` scores several batches
+        in one backbone pass, with the same random draws as `forward(a)`, `forward(b)`."""
+        return self._resize(((x + 1) / 2 - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         self.backbone.to(x.device)
-        x = ((x + 1) / 2 - self.mean) / self.std
-        feats = self.backbone.tokens(self._resize(x), self.layers)
+        feats = self.backbone.tokens(x if prepared else self.prepare(x), self.layers)
         return torch.cat([head(f.transpose(1, 2)).flatten(1) for head, f in zip(self.heads, feats)], dim=1)

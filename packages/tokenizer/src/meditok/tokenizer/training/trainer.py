@@ -35,7 +35,7 @@ from .config import TrainConfig, steps_from_fraction
 from .export import STATE_FILE, export_checkpoint, read_core_state
 from .losses import (
     DiffAug,
-    adaptive_weight,
+    adaptive_weight_from_output,
     clip_loss,
     disc_schedules,
     generator_loss,
@@ -194,8 +194,29 @@ class Trainer:
         self.text_tower = None
         teacher_dim = None
         if cfg.teacher.kind == "vision":
-            self.teacher = load_vision_teacher(cfg.teacher.path, cfg.teacher.format).to(self.device)
-            teacher_dim = self.teacher.config.width
+            t = cfg.teacher
+            self.teacher = load_vision_teacher(
+                t.path,
+                t.format,
+                name=t.name,
+                model_kwargs=t.model_kwargs,
+                image_size=t.image_size,
+                mean=t.mean,
+                std=t.std,
+                pooling=t.pooling,
+            ).to(self.device)
+            teacher_dim = self.teacher.dim
+            if self.rank == 0:
+                norm = (
+                    f"mean {self.teacher.mean.flatten().tolist()}, std {self.teacher.std.flatten().tolist()}"
+                    if self.teacher.normalise
+                    else "no normalisation"
+                )
+                print(
+                    f"teacher: {self.teacher.description}; {teacher_dim}-d, input "
+                    f"{self.teacher.image_size[0]}x{self.teacher.image_size[1]} (nearest), {norm}",
+                    file=sys.stderr,
+                )
         elif cfg.teacher.kind == "text":
             self.text_tower = load_text_tower(
                 cfg.teacher.path,
@@ -332,9 +353,8 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- step
     def _teacher_features(self, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
         with torch.no_grad():
-            if self.teacher is not None:
-                size = self.teacher.config.image_size  # reference: nearest resize, no CLIP normalisation
-                return self.teacher(F.interpolate(x, size=(size, size), mode="nearest")).float()
+            if self.teacher is not None:  # nearest resize (+ the configured normalisation), as the reference
+                return self.teacher(x)
             if self.text_tower is not None:
                 return self.text_tower.encode_text(list(batch["caption"]), self.device).float()
         return None
@@ -345,7 +365,7 @@ class Trainer:
         warm, fade = disc_schedules(self.step, self.disc_start, self.disc_warmup)
         use_gan = self.disc_engine is not None and warm > 0
         logs: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
 
         # The module is called directly, not through engine.__call__: DeepSpeed's engine forward puts backward hooks
         # on its outputs that forbid the extra autograd.grad calls of the adaptive GAN weight. engine.backward()
@@ -358,23 +378,34 @@ class Trainer:
         if self.lpips is not None and x.shape[-2] >= 48:
             lp = self.lpips(x, x_hat)
             nll = nll + cfg.lpips.weight * lp
-            logs["lpips"] = float(lp)
-        total = nll + cfg.loss.vq * out["vq_loss"]
+            logs["lpips"] = float(lp.detach())
+        rest = cfg.loss.vq * out["vq_loss"]  # the terms that do not reach the parameters through x_hat
         if "teacher_embedding" in out and cfg.teacher.weight > 0:
             scale = out["logit_scale"].clamp(max=100.0)
             lc = clip_loss(out["embedding"].float(), out["teacher_embedding"], scale)
-            total = total + cfg.teacher.weight * lc
-            logs["clip"] = float(lc)
+            rest = rest + cfg.teacher.weight * lc
+            logs["clip"] = float(lc.detach())
+        total = nll + rest
         if use_gan:
             self.disc.requires_grad_(False)
             lg = generator_loss(self.disc(self.daug(x_hat, fade)).float())
-            last = self.gen_engine.module.core.decoder.last_layer_weight()
-            w = adaptive_weight(nll, lg, last, cfg.disc.adaptive_min, cfg.disc.adaptive_max)
-            wg = warm * cfg.disc.weight * w
-            total = total + wg * lg
             self.disc.requires_grad_(True)
-            logs.update(gan_g=float(lg), gan_weight=float(wg))
-        self._backward(self.gen_engine, total)
+            # nll (L1/L2 + LPIPS) and lg (frozen discriminator) reach the parameters only through x_hat. Their
+            # gradients at x_hat, each one backward pass through LPIPS / the discriminator, give both the adaptive
+            # weight (through the last layer only) and the parameter gradients: backpropagating
+            # sum(x_hat * (g_nll + wg * g_gan)) + rest from x_hat gives exactly d total / d params. The reference's
+            # autograd.grad(nll, W_last), autograd.grad(lg, W_last) + total.backward() went through LPIPS and the
+            # discriminator twice each.
+            g_nll = torch.autograd.grad(nll, x_hat)[0]
+            g_gan = torch.autograd.grad(lg, x_hat)[0]
+            last = self.gen_engine.module.core.decoder.last_layer_weight()
+            w = adaptive_weight_from_output(x_hat, g_nll, g_gan, last, cfg.disc.adaptive_min, cfg.disc.adaptive_max)
+            wg = warm * cfg.disc.weight * w
+            total = total.detach() + wg * lg.detach()  # logged value; the surrogate below carries the gradients
+            self._backward(self.gen_engine, (x_hat * (g_nll + wg * g_gan)).sum() + rest)
+            logs.update(gan_g=float(lg.detach()), gan_weight=float(wg))
+        else:
+            self._backward(self.gen_engine, total)
         norm = self._manual_clip(self.gen_engine)
         self.gen_engine.step()
         logs["grad_norm"] = float(norm if norm is not None else self.gen_engine.get_global_grad_norm() or 0.0)
@@ -385,29 +416,33 @@ class Trainer:
                 core.logit_scale.clamp_(0, math.log(100))
 
         if use_gan:
+            # Real, fake and (with BCR) their strongly augmented copies through the discriminator in one batch:
+            # augmentation and crop/resize are drawn per part, in the order of separate calls; the backbone, the
+            # heads' GroupNorm and the losses treat each sample on its own, so only the number of passes changes.
             x_d, xh_d = x.detach(), x_hat.detach()
-            real = self.disc_engine(self.daug(x_d, fade)).float()
-            fake = self.disc_engine(self.daug(xh_d, fade)).float()
+            parts = [self.disc.prepare(self.daug(x_d, fade)), self.disc.prepare(self.daug(xh_d, fade))]
+            if cfg.disc.bcr > 0:
+                parts += [self.disc.prepare(self.bcr_aug(x_d)), self.disc.prepare(self.bcr_aug(xh_d))]
+            logits = self.disc_engine(torch.cat(parts), prepared=True).float().chunk(len(parts))
+            real, fake = logits[0], logits[1]
             ld = hinge_d_loss(real, fake)
             loss_d = ld
             if cfg.disc.bcr > 0:
-                bcr = cfg.disc.bcr * (
-                    F.mse_loss(self.disc_engine(self.bcr_aug(x_d)).float(), real)
-                    + F.mse_loss(self.disc_engine(self.bcr_aug(xh_d)).float(), fake)
-                )
+                bcr = cfg.disc.bcr * (F.mse_loss(logits[2], real) + F.mse_loss(logits[3], fake))
                 loss_d = loss_d + bcr
-                logs["bcr"] = float(bcr)
+                logs["bcr"] = float(bcr.detach())
             self.disc_engine.backward(loss_d)
             self._manual_clip(self.disc_engine)
             self.disc_engine.step()
-            logs.update(disc=float(ld), disc_lr=float(self.disc_engine.get_lr()[0]))
+            logs.update(disc=float(ld.detach()), disc_lr=float(self.disc_engine.get_lr()[0]))
         logs.update(
-            loss=float(total),
-            rec=float(rec),
-            nll=float(nll),
-            vq=float(out["vq_loss"]),
-            logit_scale=float(out["logit_scale"]),
+            loss=float(total.detach()),
+            rec=float(rec.detach()),
+            nll=float(nll.detach()),
+            vq=float(out["vq_loss"].detach()),
+            logit_scale=float(out["logit_scale"].detach()),
             step_time=time.perf_counter() - t0,
+            step_cpu_time=time.process_time() - c0,  # this process's CPU seconds (all its threads)
         )
         self.step += 1
         return logs
