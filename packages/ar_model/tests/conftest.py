@@ -3,22 +3,16 @@ MedITok saved to disk, and a real chest X-ray (pydicom-data RG1) tokenised at 64
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from meditok.data.testing import require as _require
 
 IMAGE_SIZE = 64
 CAPTION = "Chest radiograph. Heart size normal. No pneumothorax."
 QUESTION = "Is there a pneumothorax?"
 ANSWER = "No pneumothorax."
-
-
-def _require(condition: bool, why: str) -> None:
-    if not condition:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

@@ -9,21 +9,15 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
-import os
 from pathlib import Path
 
 import pytest
 
+from meditok.data.testing import require as _require
+
 IMAGE_SIZE = 64  # served image size: a 4x4 grid, 132-token blocks (keeps the CPU tests fast)
 CAPTION = "Chest radiograph. Heart size normal. No pneumothorax."
 QUESTION = "Is there a pneumothorax?"
-
-
-def _require(condition: bool, why: str) -> None:
-    if not condition:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

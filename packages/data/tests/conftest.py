@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from meditok.data.samples import find_samples
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip on a developer machine that lacks an optional source; fail in CI, where everything must be installed."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI=true: every sample source must be installed)")
-    pytest.skip(reason)
+from meditok.data.testing import require
 
 
 def dicom_file(name: str) -> Path:

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from meditok.data.testing import require
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(condition: bool, why: str) -> None:
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"required in CI: {why}")
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
