@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, compare_keys, infer_config, read_checkpoint
+from .checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    compare_keys,
+    infer_config,
+    read_checkpoint,
+    write_atomic,
+)
 from .config import MedITokConfig, get_config
 from .model import MedITokModel
 
@@ -84,18 +91,8 @@ class MedITok(MedITokModel):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         config = {"model_type": "meditok", "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
-        for name, write in (
-            (WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"})),
-            (CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")),
-        ):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-            os.close(fd)
-            try:
-                write(tmp)
-                os.replace(tmp, directory / name)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        write_atomic(directory, WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        write_atomic(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
         return directory
 
     def num_parameters(self) -> int:

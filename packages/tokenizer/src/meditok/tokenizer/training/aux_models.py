@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import write_atomic
 from .nets import VGG16LPIPS, TextConfig, TextTower, ViT, ViTConfig
 
 
@@ -63,10 +63,7 @@ def save_aux(module: nn.Module, directory: str | os.PathLike) -> Path:
     else:
         raise TypeError(f"cannot save {type(module).__name__}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, directory / "model.safetensors")
+    write_atomic(directory, "model.safetensors", lambda p: save_file(tensors, p))
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from ..api import MedITok
+from ..checkpoint import write_atomic
 from ..config import MedITokConfig
 
 STATE_FILE = "trainer_state.json"
@@ -142,17 +142,6 @@ def text_alignment_from_checkpoint(
     return tensors, description
 
 
-def _write_atomic(directory: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, directory / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Training checkpoint -> a `save_pretrained` directory (config.json + fp32 model.safetensors) that
     `MedITok.from_pretrained` loads, plus, for a text-teacher (stage-2) run, `text_alignment.safetensors` +
@@ -170,8 +159,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
             (out / name).unlink(missing_ok=True)
         return out
     tensors, description = alignment
-    _write_atomic(out, TEXT_ALIGNMENT_WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _write_atomic(out, TEXT_ALIGNMENT_CONFIG, lambda p: Path(p).write_text(json.dumps(description, indent=2) + "\n"))
+    write_atomic(out, TEXT_ALIGNMENT_WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_atomic(out, TEXT_ALIGNMENT_CONFIG, lambda p: Path(p).write_text(json.dumps(description, indent=2) + "\n"))
     return out
 
 
