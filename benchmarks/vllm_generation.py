@@ -190,14 +190,14 @@ def main() -> None:
         return
 
     import torch
+    from safetensors.torch import load_file
     from tokenizer_speed import machine, update_section
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes:
             model_dir = build(Path(tmp) / shape, shape)
-            params = sum(t.numel() for t in __import__("safetensors.torch").torch.load_file(
-                str(next(model_dir.glob("*.safetensors")))).values())  # fmt: skip
+            params = sum(t.numel() for t in load_file(str(next(model_dir.glob("*.safetensors")))).values())
             for mode in [m for m in args.modes if m == "plain" or shape in args.cfg_shapes]:
                 row = {"shape": shape, "params": params, "mode": mode}
                 for path in ("transformers", "vllm"):
