@@ -26,8 +26,8 @@ PACKAGES = ["tokenizer", "tokenizer-train", "data", "ar_model", "ar_model-vllm",
 # Local packages a package depends on, installed from this checkout (they are not on PyPI).
 LOCAL_DEPS = {
     "tokenizer": [],
-    "tokenizer-train": ["data"],
-    "data": [],
+    "tokenizer-train": ["tokenizer", "data"],
+    "data": ["tokenizer"],
     "ar_model": ["tokenizer", "data"],
     "ar_model-vllm": ["tokenizer", "data"],
     "evals": ["tokenizer", "data", "ar_model"],
