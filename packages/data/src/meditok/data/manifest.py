@@ -28,6 +28,7 @@ from meditok.data.readers import (
     read_npz_image,
     read_volume,
 )
+from meditok.tokenizer.atomic import atomic_path
 
 log = logging.getLogger("meditok.data")
 
@@ -261,14 +262,12 @@ def write_manifest(rows: Iterable[ManifestRow | dict[str, Any]], path: str | Pat
     """Write JSON lines (atomically: a crash never leaves a half manifest); returns the row count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
     count = 0
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for row in rows:
             data = row.to_dict() if isinstance(row, ManifestRow) else row
             handle.write(json.dumps(data, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(temporary, path)
     return count
 
 

@@ -8,10 +8,10 @@ resume mid-epoch without reading what was already consumed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import numpy as np
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage
 from meditok.data.manifest import ManifestRow, ScanStats, load_row
+from meditok.tokenizer.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger("meditok.data")
 
@@ -166,7 +167,7 @@ def decode_image_sample(sample: dict[str, Any]) -> tuple[MedicalImage, dict[str,
 
 
 class _ShardSink:
-    """Writes numbered shards atomically (``.tmp`` then rename) and records the progress after each one."""
+    """Writes numbered shards atomically (a temporary file, then one rename) and records the progress after each one."""
 
     def __init__(self, out_dir: Path, shard_size: int, kind: str, resume: bool) -> None:
         from webdataset import TarWriter
@@ -189,6 +190,8 @@ class _ShardSink:
             if not resume:
                 for stale in list(out_dir.glob("shard-*.tar")) + [out_dir / INDEX_NAME, partial]:
                     stale.unlink(missing_ok=True)
+        for unfinished in out_dir.glob(".shard-*.tar.*"):  # the temporary of a shard an interrupted job was writing
+            unfinished.unlink(missing_ok=True)
         self._writer: Any = None
         self._handle: Any = None
         self._count = 0
@@ -200,8 +203,11 @@ class _ShardSink:
 
     def write(self, sample: dict[str, Any]) -> None:
         if self._writer is None:
-            name = SHARD_PATTERN.format(len(self.shards))
-            self._handle = open(self.out_dir / (name + ".tmp"), "wb")
+            self._shard_file = contextlib.ExitStack()
+            temporary = self._shard_file.enter_context(
+                atomic_path(self.out_dir / SHARD_PATTERN.format(len(self.shards)))
+            )
+            self._handle = self._shard_file.enter_context(open(temporary, "wb"))
             self._writer = self._tar_writer_cls(self._handle, encoder=False, mtime=0.0)
         self._writer.write(sample)
         self._count += 1
@@ -217,9 +223,8 @@ class _ShardSink:
         if self._writer is None:
             return
         self._writer.close()
-        self._handle.close()
+        self._shard_file.close()  # closes the file and renames it into place
         name = SHARD_PATTERN.format(len(self.shards))
-        os.replace(self.out_dir / (name + ".tmp"), self.out_dir / name)
         self.shards.append({"name": name, "count": self._count})
         self.rows_done += self._rows_in_shard
         self._writer, self._count, self._rows_in_shard = None, 0, 0
@@ -227,9 +232,7 @@ class _ShardSink:
 
     def _save(self, name: str, **extra: Any) -> None:
         data = {"kind": self.kind, "shards": self.shards, "skipped": self.skipped, "attempted": self.attempted, **extra}
-        temporary = self.out_dir / (name + ".tmp")
-        temporary.write_text(json.dumps(data, indent=1))
-        os.replace(temporary, self.out_dir / name)
+        write_text_atomic(self.out_dir / name, json.dumps(data, indent=1))
 
     def finish(self) -> ShardIndex:
         if self._writer is not None:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomic  # noqa: F401 - its former home; save_pretrained imports it from here
 from .config import CONFIGS, MedITokConfig
 
 CONFIG_NAME = "config.json"
@@ -212,18 +211,3 @@ def compare_keys(
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"{len(items)} {label}: {shown}")
         raise CheckpointError(f"{source}: does not match the MedITok architecture: " + "; ".join(parts))
-
-
-def write_atomic(directory: str | os.PathLike, name: str, write: Callable[[str], object]) -> Path:
-    """``write(tmp_path)`` into a temporary file in ``directory``, then rename it to ``name``: a reader never sees a
-    half-written file, and a failed write leaves no temporary behind."""
-    directory = Path(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, directory / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return directory / name

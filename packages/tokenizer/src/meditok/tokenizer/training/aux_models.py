@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import write_atomic
+from ..atomic import write_atomic
 from .nets import VGG16LPIPS, TextConfig, TextTower, ViT, ViTConfig
 
 

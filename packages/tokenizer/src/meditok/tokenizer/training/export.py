@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..api import MedITok
-from ..checkpoint import write_atomic
+from ..atomic import write_atomic
 from ..config import MedITokConfig
 
 STATE_FILE = "trainer_state.json"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import MedITok
+from ..atomic import write_text_atomic
 from ..config import MedITokConfig, get_config
 from .aux_models import AuxModelError, load_disc_backbone, load_lpips, load_text_tower, load_vision_teacher
 from .config import TrainConfig, steps_from_fraction
@@ -571,9 +572,7 @@ class Trainer:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            latest_tmp = self.ckpt_dir / ".latest.tmp"
-            latest_tmp.write_text(name)
-            os.replace(latest_tmp, self.ckpt_dir / "latest")
+            write_text_atomic(self.ckpt_dir / "latest", name)
             keep = self.cfg.run.keep_last
             olds = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
             for old in olds[:-keep] if keep > 0 else []:
