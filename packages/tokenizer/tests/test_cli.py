@@ -102,7 +102,7 @@ def test_errors_are_one_line_messages(tmp_path, pngs, tiny_weights, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     rc = main(["encode", str(not_image), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")])
-    assert rc == 1 and f"{not_image}: not a readable image" in capsys.readouterr().err
+    assert rc == 1 and f"{not_image}: not a recognised image format" in capsys.readouterr().err
     rc = main(
         ["encode", str(tmp_path / "absent.png"), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / "c.npz")]
     )

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from meditok.tokenizer.preprocessing import preprocess, preprocess_batch, psnr, to_pil, to_uint8
+from meditok.tokenizer.preprocessing import ImageInput, preprocess, preprocess_batch, psnr, to_pil, to_uint8
 
 
 def test_uint8_gray_maps_0_and_255_to_minus_one_and_one():
@@ -21,18 +21,85 @@ def test_uint8_value_mapping_is_x_over_127_5_minus_1():
     torch.testing.assert_close(x, torch.full((1, 3, 16, 16), 51 / 255 * 2 - 1))
 
 
-def test_uint16_is_min_max_scaled():
+def test_uint16_blocks_map_through_their_percentiles():
     image = np.array([[1000, 3000], [2000, 5000]], dtype=np.uint16).repeat(8, 0).repeat(8, 1)
     x = preprocess(image, size=16, resize="native")
+    # 64 pixels per value: the 0.5 / 99.5 percentiles fall inside the lowest and highest blocks (1000 and 5000).
     expected = (np.array([[0, 0.5], [0.25, 1.0]]) * 2 - 1).repeat(8, 0).repeat(8, 1)
     torch.testing.assert_close(x[0, 0], torch.from_numpy(expected).float())
 
 
-def test_float_is_clipped_to_unit_range():
-    image = np.full((16, 16), 1.7, dtype=np.float32)
-    image[0, 0] = -3.0
-    x = preprocess(image, size=16)
-    assert float(x.max()) == 1.0 and float(x[0, 0, 0, 0]) == -1.0
+def test_uint16_outliers_are_clipped_at_the_percentiles():
+    # A 12-bit X-ray in a 16-bit container with one hot pixel: min-max would crush the image to near black.
+    rng = np.random.default_rng(3)
+    image = rng.integers(100, 4096, (32, 32)).astype(np.uint16)
+    image[0, 0] = 65535
+    low, high = np.percentile(image.astype(np.float64), [0.5, 99.5])
+    expected = np.clip((image - low) / (high - low), 0, 1) * 2 - 1
+    x = preprocess(image, size=32)
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(expected).float(), atol=1e-5, rtol=0)
+    assert float(x[0, 0, 0, 0]) == 1.0
+    # Other bounds come from the settings.
+    low, high = np.percentile(image.astype(np.float64), [2, 98])
+    torch.testing.assert_close(
+        preprocess(image, size=32, percentiles=(2, 98))[0, 0],
+        torch.from_numpy(np.clip((image - low) / (high - low), 0, 1) * 2 - 1).float(),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_float_pixels_must_be_in_unit_range():
+    image = np.full((16, 16), 1.0, dtype=np.float32)
+    image[0, 0] = 1.0004  # rounding noise is clipped
+    assert float(preprocess(image, size=16).max()) == 1.0
+    image[0, 0] = -3.0  # an image in [-1, 1] or in HU is a wrong input range, not something to clip silently
+    with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\], found values in \[-3, 1"):
+        preprocess(image, size=16)
+
+
+def test_tensor_input_is_channel_first_like_to_tensor():
+    rng = np.random.default_rng(4)
+    hwc = rng.random((40, 24, 3), dtype=np.float32)
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)
+    expected = preprocess(hwc, size=32)
+    assert torch.equal(preprocess(chw, size=32), expected)
+    assert torch.equal(preprocess(chw.unsqueeze(0), size=32), expected)
+    gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    assert torch.equal(preprocess(torch.from_numpy(gray), size=32), preprocess(gray, size=32))
+    with pytest.raises(ValueError, match="channel-first"):
+        preprocess(torch.zeros(20, 30, 3), size=32)
+
+
+def test_rectangular_size_and_resampler_follow_pil():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    for name, method in (("lanczos", Image.LANCZOS), ("bilinear", Image.BILINEAR)):
+        resized = np.asarray(Image.fromarray(image).resize((48, 32), method), dtype=np.float32)
+        expected = torch.from_numpy(resized / 127.5 - 1).permute(2, 0, 1).unsqueeze(0)
+        got = preprocess(image, size=(32, 48), resampler=name)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_shorter_side_keeps_the_aspect_and_crops_to_multiples_of_16():
+    image = np.full((50, 90), 200, np.uint8)
+    # shorter side 50 -> 32: 90 * 32 / 50 = 57.6 -> 58 columns, centre-cropped to 48.
+    assert preprocess(image, size=32, resize="shorter").shape == (1, 3, 32, 48)
+
+
+def test_image_input_round_trips_and_names_bad_settings():
+    spec = ImageInput(size=(128, 192), resize="crop", resampler="bicubic", ct_window=(-100, 300), percentiles=(1, 99))
+    assert ImageInput.from_dict(spec.to_dict()) == spec
+    assert ImageInput.from_dict(None) == ImageInput()
+    assert spec.with_overrides(size=None, resize="pad").resize == "pad"
+    with pytest.raises(ValueError, match=r"image_input: unknown image-input settings \['colour'\]"):
+        ImageInput.from_dict({"colour": "red"})
+    with pytest.raises(ValueError, match="resampler must be one of"):
+        ImageInput(resampler="cubic")
+    with pytest.raises(ValueError, match="high > low"):
+        ImageInput(ct_window=(300, -100))
+    with pytest.raises(ValueError, match="percentiles"):
+        ImageInput(percentiles=(99, 1))
 
 
 def test_rgba_drops_alpha_like_pil_convert():
@@ -75,13 +142,13 @@ def test_pad_fills_with_black_and_keeps_content_centred():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="resize must be one of"):
         preprocess(np.zeros((16, 16), np.uint8), resize="stretch")
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         preprocess(np.zeros((16, 16), np.uint8), size=30)
     with pytest.raises(ValueError, match=r"got shape \(16, 16, 2\)"):
         preprocess(np.zeros((16, 16, 2), np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         preprocess(np.full((16, 16), np.nan, np.float32))
-    with pytest.raises(TypeError, match="PIL image or a numpy array"):
+    with pytest.raises(TypeError, match="a PIL image, a numpy array or a torch tensor"):
         preprocess([[1, 2]])
     with pytest.raises(ValueError, match="different shapes"):
         preprocess_batch([np.zeros((16, 16), np.uint8), np.zeros((32, 16), np.uint8)], resize="native")

@@ -3,11 +3,12 @@
 from meditok.data.datasets import CodesDataset, ImageDataset, ImageTextDataset, ResumableLoader
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage, MedicalVolume
+from meditok.data.loading import load_unit_image, read_2d
 from meditok.data.manifest import ManifestRow, ScanStats, index_directory, load_row, read_manifest, write_manifest
 from meditok.data.modality import MODALITIES, normalize_modality, template_caption
 from meditok.data.readers import read_dicom, read_dicom_series, read_image, read_nifti, read_volume, write_ct_png
 from meditok.data.shards import ShardIndex, write_code_shards, write_shards
-from meditok.data.transforms import CT_WINDOWS, Preprocess, Window, apply_window, normalize_intensity
+from meditok.data.transforms import CT_WINDOWS, Preprocess, Window, apply_window, normalize_intensity, unit_image
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,10 @@ __all__ = [
     "apply_window",
     "index_directory",
     "load_row",
+    "load_unit_image",
     "normalize_intensity",
     "normalize_modality",
+    "read_2d",
     "read_dicom",
     "read_dicom_series",
     "read_image",
@@ -38,6 +41,7 @@ __all__ = [
     "read_nifti",
     "read_volume",
     "template_caption",
+    "unit_image",
     "write_code_shards",
     "write_ct_png",
     "write_manifest",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import plistlib
 import tarfile
@@ -21,6 +22,7 @@ import numpy as np
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage, MedicalVolume, Plane
 from meditok.data.modality import DICOM_MODALITY, modality_from_path, normalize_modality
+from meditok.tokenizer.image_files import is_dicom_file
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -71,14 +73,7 @@ def file_kind(path: str | Path) -> str:
     if suffix == ".inv3":
         return "inv3"
     # DICOM files often have no suffix (PACS exports): recognise the preamble magic.
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            if handle.read(4) == b"DICM":
-                return "dicom"
-    except OSError:
-        pass
-    return "unknown"
+    return "dicom" if is_dicom_file(path) else "unknown"
 
 
 def _resolve_modality(path: Path, explicit: str | None, found: str | None = None) -> tuple[str, str]:
@@ -126,14 +121,15 @@ def _dicom_value(ds: Any, keyword: str, sequence: str) -> Any:
     return value if value is not None else _functional_group_value(ds, sequence, keyword)
 
 
-def _read_dicom_dataset(path: Path, stop_before_pixels: bool = False) -> Any:
+def _read_dicom_dataset(path: Path, stop_before_pixels: bool = False, data: bytes | None = None) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            source = io.BytesIO(data) if data is not None else path
+            ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError:
         raise MedicalImageError(path, "file does not exist") from None
     except InvalidDicomError as exc:
@@ -172,10 +168,14 @@ def _dicom_modality(ds: Any) -> str | None:
     return DICOM_MODALITY.get(tag)
 
 
-def read_dicom(path: str | Path, *, frame: int | None = None, modality: str | None = None) -> MedicalImage:
-    """One DICOM file (all frames unless ``frame`` is given); CT → HU, MONOCHROME1 inverted, colour → RGB uint8."""
+def read_dicom(
+    path: str | Path, *, frame: int | None = None, modality: str | None = None, data: bytes | None = None
+) -> MedicalImage:
+    """One DICOM file (all frames unless ``frame`` is given); CT → HU, MONOCHROME1 inverted, colour → RGB uint8.
+
+    ``data``: the file's bytes, read in memory (an upload); ``path`` then only names it in messages."""
     path = Path(path)
-    ds = _read_dicom_dataset(path)
+    ds = _read_dicom_dataset(path, data=data)
     num_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frame is not None and not 0 <= frame < num_frames:
         raise MedicalImageError(path, f"frame {frame} out of range: the file has {num_frames} frame(s)")
@@ -418,25 +418,29 @@ def _pil_to_array(path: Path, image: Any) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def read_raster(path: str | Path, *, modality: str | None = None, ct_bias: int = 0) -> MedicalImage:
-    """PNG/JPEG/BMP/TIFF/SVS incl. 16-bit; CT PNGs written with a +``ct_bias`` offset come back in HU."""
+def read_raster(
+    path: str | Path, *, modality: str | None = None, ct_bias: int = 0, data: bytes | None = None
+) -> MedicalImage:
+    """PNG/JPEG/BMP/TIFF/SVS incl. 16-bit; CT PNGs written with a +``ct_bias`` offset come back in HU.
+
+    ``data``: the file's bytes, decoded in memory (an upload); ``path`` then only names it in messages."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
+    if data is None and not path.exists():
         raise MedicalImageError(path, "file does not exist")
     pixels: np.ndarray | None = None
     error: str | None = None
     if path.suffix.lower() != ".svs":
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 image.load()
                 pixels = _pil_to_array(path, image)
         except UnidentifiedImageError:
             error = "not a recognised image format"
         except (OSError, ValueError, SyntaxError) as exc:
             error = f"truncated or corrupt image ({exc})"
-    if pixels is None and path.suffix.lower() in TIFF_SUFFIXES:
+    if pixels is None and data is None and path.suffix.lower() in TIFF_SUFFIXES:
         pixels, error = _read_tiff(path)
     if pixels is None:
         raise MedicalImageError(path, error or "unreadable image")

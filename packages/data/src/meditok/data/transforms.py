@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage
+from meditok.tokenizer.preprocessing import DEFAULT_IMAGE_INPUT, ImageInput, percentile_scale, preprocess
 
 
 class Window(NamedTuple):
@@ -56,8 +57,6 @@ CT_WINDOW_PROBABILITIES: dict[str, float] = {
 RANDOM_WINDOW_PROBABILITY = 0.5
 DEFAULT_CT_WINDOW = CT_WINDOWS["common"]
 
-ResizePolicy = Literal["crop", "pad", "squash", "shorter"]
-
 
 # ------------------------------------------------------------------------------------------------ intensities
 
@@ -68,6 +67,14 @@ def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
         raise ValueError(f"window high ({high}) must exceed low ({low})")
     scaled = (np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(2.0 / (high - low)) - 1.0
     return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+
+def window_to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly onto [0, 1], clipping outside (the unit form of `apply_window`)."""
+    if high <= low:
+        raise ValueError(f"window high ({high}) must exceed low ({low})")
+    scaled = (np.asarray(values, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
 def resolve_ct_window(window: str | Window | tuple[float, float]) -> Window:
@@ -89,28 +96,67 @@ def sample_ct_window(generator: torch.Generator | None = None, p_random: float =
     return CT_WINDOWS[list(CT_WINDOW_PROBABILITIES)[choice]]
 
 
-def percentile_normalize(
-    values: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 1 << 18
-) -> np.ndarray:
-    """Map the [lower, upper] percentiles onto [-1, 1] (MR has no absolute scale); a constant image maps to -1.
-
-    Images larger than ``max_samples`` pixels estimate the percentiles on a regular pixel grid (a 2000² X-ray:
-    every 8th pixel in each direction), which is 20× faster and moves the bounds by well under 1 %.
-    """
-    values = np.asarray(values, dtype=np.float32)
-    sample = values
-    if values.ndim >= 2 and values.size > max_samples:
-        stride = int(np.ceil(np.sqrt(values.size / max_samples)))
-        sample = values[::stride, ::stride]
-    low, high = np.percentile(sample, [lower, upper])
-    if high <= low:
-        return np.full(values.shape, -1.0, dtype=np.float32)
-    return apply_window(values, float(low), float(high))
+def percentile_normalize(values: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """[-1, 1] form of the tokenizer's `percentile_scale` (the one percentile rule; a constant image maps to -1)."""
+    return percentile_scale(values, lower, upper) * np.float32(2.0) - np.float32(1.0)
 
 
 def uint8_to_unit(values: np.ndarray) -> np.ndarray:
     """The reference's mapping of 8-bit data: x / 127.5 - 1."""
     return (np.asarray(values, dtype=np.float32) / np.float32(127.5) - 1.0).astype(np.float32)
+
+
+def in_hounsfield_units(image: MedicalImage) -> bool:
+    """CT pixels are HU when they come from DICOM / NIfTI / .inv3 or from a raster read with ``ct_bias``; an 8-bit
+    CT picture (a screenshot, MedMNIST's OrganMNIST) is a display image already and is not windowed again."""
+    if image.modality != "ct" or image.is_rgb or image.pixels.dtype == np.uint8:
+        return False
+    return image.metadata.get("ct_bias", None) != 0
+
+
+def intensity_window(
+    image: MedicalImage, ct_window: str | Window | tuple[float, float], use_dicom_window: bool = False
+) -> Window | None:
+    """The window an image's intensities go through, or None when it has none (8-bit, RGB, deep non-CT grayscale)."""
+    if image.is_rgb:
+        return None
+    if in_hounsfield_units(image):
+        if isinstance(ct_window, str) and ct_window.lower() == "dicom":
+            return Window.from_level_width(*image.window) if image.window is not None else DEFAULT_CT_WINDOW
+        return resolve_ct_window(ct_window)
+    if use_dicom_window and image.window is not None:
+        return Window.from_level_width(*image.window)
+    return None
+
+
+def unit_image(
+    image: MedicalImage, spec: ImageInput | None = None, *, use_dicom_window: bool = False, **overrides: Any
+) -> np.ndarray:
+    """A file's pixels in physical units -> what the tokenizer's `preprocess` takes: (H, W) or (H, W, 3) in [0, 1].
+
+    CT in HU is windowed (``spec.ct_window``: a preset, (low, high) or "dicom" for the file's VOI window); 8-bit data
+    comes back as uint8 (meaning x/255, resized as 8-bit like the reference); anything deeper (MR, 16-bit X-ray,
+    RGB16) is percentile-scaled with ``spec.percentiles``. MONOCHROME1, palette and YBR were resolved by the reader.
+    Non-finite pixels (a NaN voxel) are a `MedicalImageError`, never a silently all-NaN image.
+    """
+    spec = (spec or DEFAULT_IMAGE_INPUT).with_overrides(**overrides)
+    if image.num_frames > 1:
+        raise MedicalImageError(image.source, f"{image.num_frames}-frame image: select one with .frame(i) first")
+    pixels = image.pixels
+    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+        count = int((~np.isfinite(pixels)).sum())
+        raise MedicalImageError(image.source, f"{count} non-finite pixel value(s) (NaN or infinity)")
+    try:
+        window = intensity_window(image, spec.ct_window, use_dicom_window)
+    except ValueError as exc:
+        raise MedicalImageError(image.source, str(exc)) from None
+    if window is not None:
+        return window_to_unit(pixels, window.low, window.high)
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
+        raise MedicalImageError(image.source, f"expected a gray (H,W) or RGB (H,W,3) image, got shape {pixels.shape}")
+    return percentile_scale(pixels, *spec.percentiles)
 
 
 def normalize_intensity(
@@ -120,34 +166,15 @@ def normalize_intensity(
     use_dicom_window: bool = False,
     percentiles: tuple[float, float] = (0.5, 99.5),
 ) -> np.ndarray:
-    """Pixels → float32 in [-1, 1], shape (H, W) or (H, W, 3).
-
-    CT (grayscale) is windowed (``ct_window``, else the file's DICOM window when ``use_dicom_window``, else
-    "common"). Other 8-bit data is already display-ready and maps as x/127.5−1 like the reference; deeper
-    grayscale data (MR, 16-bit X-ray, ...) uses the DICOM window when asked, else percentile normalisation.
-    """
-    if image.num_frames > 1:
-        raise MedicalImageError(image.source, f"{image.num_frames}-frame image: select one with .frame(i) first")
-    pixels = image.pixels
-    if image.is_rgb:
-        if pixels.dtype == np.uint8:
-            return uint8_to_unit(pixels)
-        top = float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else float(pixels.max())
-        return apply_window(pixels, 0.0, max(top, 1e-6))
-    if image.modality == "ct":
-        if ct_window is not None:
-            window = resolve_ct_window(ct_window)
-        elif use_dicom_window and image.window is not None:
-            window = Window.from_level_width(*image.window)
-        else:
-            window = DEFAULT_CT_WINDOW
-        return apply_window(pixels, window.low, window.high)
-    if use_dicom_window and image.window is not None:
-        window = Window.from_level_width(*image.window)
-        return apply_window(pixels, window.low, window.high)
-    if pixels.dtype == np.uint8:
-        return uint8_to_unit(pixels)
-    return percentile_normalize(pixels, *percentiles)
+    """`unit_image` in [-1, 1] as float32 (the training augmentations work on this form)."""
+    window = ct_window if ct_window is not None else ("dicom" if use_dicom_window else DEFAULT_IMAGE_INPUT.ct_window)
+    if isinstance(window, Window):
+        window = (window.low, window.high)
+    spec = DEFAULT_IMAGE_INPUT.with_overrides(ct_window=window, percentiles=percentiles)
+    unit = unit_image(image, spec, use_dicom_window=use_dicom_window)
+    if unit.dtype == np.uint8:
+        return uint8_to_unit(unit)
+    return unit * np.float32(2.0) - np.float32(1.0)
 
 
 def to_chw_tensor(values: np.ndarray, channels: int = 3) -> torch.Tensor:
@@ -184,43 +211,6 @@ def resize(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return tensor
     out = F.interpolate(tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
     return out.clamp_(-1.0, 1.0)
-
-
-def resize_shorter_side(tensor: torch.Tensor, size: int) -> torch.Tensor:
-    height, width = tensor.shape[-2:]
-    scale = size / min(height, width)
-    return resize(tensor, max(size, round(height * scale)), max(size, round(width * scale)))
-
-
-def center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
-    height, width = tensor.shape[-2:]
-    if height < size or width < size:
-        raise ValueError(f"cannot centre-crop {height}x{width} to {size}x{size}")
-    top = (height - size) // 2
-    left = (width - size) // 2
-    return tensor[..., top : top + size, left : left + size]
-
-
-def pad_to_square(tensor: torch.Tensor, size: int, fill: float = -1.0) -> torch.Tensor:
-    """Resize the longer side to ``size`` and pad the shorter symmetrically with ``fill`` (-1 = black)."""
-    height, width = tensor.shape[-2:]
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = resize(tensor, new_h, new_w)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    return F.pad(resized, (left, size - new_w - left, top, size - new_h - top), value=fill)
-
-
-def apply_resize_policy(tensor: torch.Tensor, size: int, policy: ResizePolicy) -> torch.Tensor:
-    if policy == "crop":
-        return center_crop(resize_shorter_side(tensor, size), size)
-    if policy == "pad":
-        return pad_to_square(tensor, size)
-    if policy == "squash":
-        return resize(tensor, size, size)
-    if policy == "shorter":  # the reference's eval transform: Resize(size) on the shorter side, no crop
-        return resize_shorter_side(tensor, size)
-    raise ValueError(f"unknown resize policy {policy!r}; use crop, pad, squash or shorter")
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
@@ -305,23 +295,51 @@ def train_augment(
 
 @dataclass(frozen=True)
 class Preprocess:
-    """MedicalImage → float [3, size, size] in [-1, 1] for the tokenizer.
+    """MedicalImage → float [3, H, W] in [-1, 1] for the tokenizer.
 
-    ``train`` turns on the reference's augmentations, including the random CT window; evaluation uses
-    ``resize`` ("crop" by default; "shorter" reproduces the reference's eval Resize without crop).
+    Eval mode is the image-input contract itself: `unit_image` (intensity) then the tokenizer's `preprocess`
+    (geometry), the same two functions every door uses, with the settings of `spec` (LANCZOS squash to 256 by default).
+    ``train`` turns on the reference's augmentations instead: the random CT window, RandomResizedCrop (bilinear,
+    antialiased), flips, ±90° rotation and grayscale.
     """
 
-    size: int = 256
-    resize: ResizePolicy = "crop"
+    size: int | tuple[int, int] = 256
+    resize: str = "squash"
     train: bool = False
     ct_window: str | tuple[float, float] | None = None
     random_ct_window: bool | None = None  # default: on when training and no fixed ct_window
     use_dicom_window: bool = False
     percentiles: tuple[float, float] = (0.5, 99.5)
+    resampler: str = "lanczos"
+
+    @classmethod
+    def from_spec(cls, spec: ImageInput, **options: Any) -> Preprocess:
+        """The eval transform of a recorded `ImageInput` (a tokenizer's or AR model's config.json)."""
+        return cls(size=spec.size, resize=spec.resize, ct_window=spec.ct_window, percentiles=spec.percentiles,
+                   resampler=spec.resampler, **options)  # fmt: skip
+
+    @property
+    def spec(self) -> ImageInput:
+        return ImageInput(
+            size=self.size,
+            resize=self.resize,
+            resampler=self.resampler,
+            ct_window=self.ct_window if self.ct_window is not None else DEFAULT_IMAGE_INPUT.ct_window,
+            percentiles=self.percentiles,
+        )
 
     def __call__(self, image: MedicalImage, generator: torch.Generator | None = None) -> torch.Tensor:
+        try:
+            spec = self.spec
+        except ValueError as exc:
+            raise MedicalImageError(image.source, str(exc)) from None
+        if not self.train:
+            try:
+                return preprocess(unit_image(image, spec, use_dicom_window=self.use_dicom_window), spec)[0]
+            except ValueError as exc:
+                raise MedicalImageError(image.source, str(exc)) from None
         window: str | Window | tuple[float, float] | None = self.ct_window
-        random_window = self.random_ct_window if self.random_ct_window is not None else (self.train and window is None)
+        random_window = self.random_ct_window if self.random_ct_window is not None else window is None
         if image.modality == "ct" and random_window:
             window = sample_ct_window(generator)
         try:
@@ -331,6 +349,5 @@ class Preprocess:
             tensor = to_chw_tensor(values, channels=1)
         except ValueError as exc:
             raise MedicalImageError(image.source, str(exc)) from None
-        if self.train:
-            return expand_to_rgb(train_augment(tensor, self.size, generator))
-        return expand_to_rgb(apply_resize_policy(tensor, self.size, self.resize)).contiguous()
+        side = self.size if isinstance(self.size, int) else max(self.size)
+        return expand_to_rgb(train_augment(tensor, side, generator))

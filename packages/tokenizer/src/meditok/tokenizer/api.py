@@ -19,6 +19,7 @@ from .checkpoint import (
 )
 from .config import MedITokConfig, get_config
 from .model import MedITokModel
+from .preprocessing import ImageInput, preprocess
 
 FORMAT_VERSION = 1
 
@@ -29,7 +30,13 @@ class MedITok(MedITokModel):
     >>> tok = MedITok.from_pretrained("meditok_simple_v1.pth")      # or a save_pretrained directory
     >>> codes = tok.encode(x)          # x: [B,3,H,W] in [-1,1], H, W multiples of 16 -> int64 [B, 8, H/16 * W/16]
     >>> x_hat = tok.decode(codes)      # -> [B,3,H,W] in [-1,1]; decode(codes, grid=(h, w)) for non-square grids
+    >>> codes = tok.tokenize("ct.dcm")  # any file / PIL / array / tensor in [0,1] -> int64 [8, h, w]
+
+    `image_input` (an `ImageInput`) is how files and pixels become `encode`'s input; it comes from the release's
+    config.json (the reference's LANCZOS squash to 256 for published `.pth` weights) and is saved with the model.
     """
+
+    image_input: ImageInput = ImageInput()
 
     # ------------------------------------------------------------------------------------------------ creation
 
@@ -52,7 +59,9 @@ class MedITok(MedITokModel):
         The model is built on the meta device and takes the loaded tensors as they are, so loading holds one copy.
         """
         state_dict, stored_config = read_checkpoint(path)
-        return cls.from_state_dict(state_dict, config if config is not None else stored_config, device, dtype, path)
+        model = cls.from_state_dict(state_dict, config if config is not None else stored_config, device, dtype, path)
+        model.image_input = read_image_input(path)
+        return model
 
     @classmethod
     def from_state_dict(
@@ -90,13 +99,38 @@ class MedITok(MedITokModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        config = {"model_type": "meditok", "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+        config = {
+            "model_type": "meditok",
+            "format_version": FORMAT_VERSION,
+            "model": self.config.to_dict(),
+            "image_input": self.image_input.to_dict(),
+        }
         write_atomic(directory, WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         write_atomic(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
         return directory
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # ----------------------------------------------------------------------------------------------- images in
+
+    def prepare(self, image: object, **overrides: object) -> torch.Tensor:
+        """A file path (or its bytes), PIL image, array or tensor in [0,1] -> float32 [1,3,H,W] in [-1,1].
+
+        The image-input contract (`meditok.tokenizer.preprocessing`) with this model's `image_input`; keyword
+        overrides (``size=``, ``resize=``, ``resampler=``, ``ct_window=``, ``percentiles=``) replace single settings.
+        """
+        from .image_files import load_image
+
+        spec = self.image_input.with_overrides(**overrides)
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            image = load_image(image, spec)
+        return preprocess(image, spec)
+
+    def tokenize(self, image: object, **overrides: object) -> torch.Tensor:
+        """`prepare` then `encode`: one image -> its codes, int64 [8, h, w] (h, w = prepared height, width / 16)."""
+        x = self.prepare(image, **overrides)
+        return self.encode(x)[0].reshape(self.config.num_codebooks, x.shape[-2] // 16, x.shape[-1] // 16)
 
     # ----------------------------------------------------------------------------------------------- inference
 
@@ -187,4 +221,18 @@ class MedITok(MedITokModel):
         return self._quantized_latents(self._prepare_images(x))
 
 
-__all__ = ["MedITok", "CheckpointError"]
+def read_image_input(path: str | os.PathLike) -> ImageInput:
+    """The image-input settings a release folder records (config.json "image_input"); the reference's otherwise."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        return ImageInput()
+    try:
+        recorded = json.loads(config_file.read_text()).get("image_input")
+        return ImageInput.from_dict(recorded, where=f"{config_file}: image_input")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{config_file}: not a MedITok config ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+__all__ = ["MedITok", "CheckpointError", "ImageInput", "read_image_input"]

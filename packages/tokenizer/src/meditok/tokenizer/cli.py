@@ -8,7 +8,9 @@
     meditok export runs/stage1/checkpoints/step-00001000 meditok-stage1/  # training checkpoint -> release dir
 
 `codes.npz` holds one uint16 array `codes_<i>` of shape [8, h, w] per image, `names` (the source file names) and
-`format` ("meditok-codes-v1"). PNG/JPEG/TIFF/BMP are always readable; DICOM and NIfTI need `meditok-data`.
+`format` ("meditok-codes-v1"). Every file goes through the image-input contract (`MedITok.prepare`): PNG/JPEG/TIFF/BMP
+are always readable, DICOM and NIfTI (its middle axial slice) need `meditok-data`; `--size/--resize/--resampler/
+--ct-window/--percentiles` override the settings recorded in the weights' config.json.
 """
 
 from __future__ import annotations
@@ -21,57 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .preprocessing import RESIZE_POLICIES
+from .preprocessing import RESAMPLERS, RESIZE_POLICIES
 
 CODES_FORMAT = "meditok-codes-v1"
-MEDICAL_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".ima")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CLIError(Exception):
     pass
-
-
-def read_any_image(path: Path) -> np.ndarray:
-    """A 2-D image file as a numpy array the preprocessing understands (DICOM/NIfTI through meditok-data)."""
-    if not path.is_file():
-        raise CLIError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith(MEDICAL_SUFFIXES) or _looks_like_dicom(path):
-        try:  # optional dependency: the tokenizer never requires meditok-data
-            from meditok.data import normalize_intensity, read_image, read_volume
-        except ImportError:
-            raise CLIError(f"{path}: reading DICOM/NIfTI needs meditok-data (pip install meditok-data)") from None
-        try:
-            if name.endswith((".nii", ".nii.gz")):
-                volume = read_volume(path)
-                image = volume.slice(volume.voxels.shape[2] // 2)  # the middle axial slice
-            else:
-                image = read_image(path)
-                image = image.frame(0) if image.num_frames > 1 else image
-            # Modality-aware intensities (CT window, MR percentiles) in [-1,1] -> [0,1] for preprocess().
-            return (normalize_intensity(image) + 1.0) / 2.0
-        except Exception as exc:  # meditok-data's MedicalImageError already names the file and the problem
-            raise CLIError(str(exc)) from None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(
-                image if image.mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I") else image.convert("RGB")
-            )
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise CLIError(f"{path}: not a readable image ({exc})") from None
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _load_tokenizer(args: argparse.Namespace):
@@ -86,13 +45,29 @@ def _progress(items: Sequence, desc: str) -> Iterator:
     return iter(tqdm(items, desc=desc, unit="img", disable=len(items) < 2))
 
 
-def _batches(paths: Sequence[Path], args: argparse.Namespace) -> Iterator[tuple[list[Path], torch.Tensor]]:
-    """Group consecutive images of the same preprocessed shape, so native-size images still batch when possible."""
-    from .preprocessing import preprocess
+def _image_overrides(args: argparse.Namespace) -> dict:
+    """The image-input settings given on the command line (None = the model's recorded setting)."""
+    window = args.ct_window
+    if window is not None and "," in window:
+        window = tuple(float(v) for v in window.split(","))
+    percentiles = tuple(float(v) for v in args.percentiles.split(",")) if args.percentiles else None
+    return {"size": args.size, "resize": args.resize, "resampler": args.resampler, "ct_window": window,
+            "percentiles": percentiles}  # fmt: skip
 
+
+def _batches(tok, paths: Sequence[Path], args: argparse.Namespace) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """Group consecutive images of the same prepared shape, so native-size images still batch when possible."""
+    from .image_files import ImageFileError
+
+    overrides = _image_overrides(args)
     pending: list[tuple[Path, torch.Tensor]] = []
     for path in _progress(paths, "tokenizing"):
-        tensor = preprocess(read_any_image(path), size=args.size, resize=args.resize)
+        try:
+            tensor = tok.prepare(path, **overrides)
+        except ImageFileError as exc:
+            raise CLIError(str(exc)) from None
+        except ValueError as exc:
+            raise CLIError(f"{path}: {exc}") from None
         if pending and (len(pending) == args.batch_size or pending[0][1].shape != tensor.shape):
             yield [p for p, _ in pending], torch.cat([t for _, t in pending])
             pending = []
@@ -104,7 +79,7 @@ def _batches(paths: Sequence[Path], args: argparse.Namespace) -> Iterator[tuple[
 def cmd_encode(args: argparse.Namespace) -> int:
     tok = _load_tokenizer(args)
     arrays, names = {}, []
-    for paths, batch in _batches(args.images, args):
+    for paths, batch in _batches(tok, args.images, args):
         grid = (batch.shape[-2] // 16, batch.shape[-1] // 16)
         codes = tok.encode(batch).reshape(len(paths), -1, *grid)
         for path, code in zip(paths, codes):
@@ -153,7 +128,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
     scores = []
-    for paths, batch in _batches(args.images, args):
+    for paths, batch in _batches(tok, args.images, args):
         recon = tok.reconstruct(batch)
         for path, original, rebuilt in zip(paths, batch, recon):
             score = psnr(original.unsqueeze(0), rebuilt.unsqueeze(0))
@@ -228,8 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("images", nargs="+", type=Path)
-        p.add_argument("--size", type=int, default=256, help="square side for squash/crop/pad (multiple of 16)")
-        p.add_argument("--resize", choices=RESIZE_POLICIES, default="squash")
+        # Unset flags keep the settings recorded in the weights' config.json (the reference's for a .pth).
+        p.add_argument("--size", type=int, help="square side for squash/crop/pad/shorter (multiple of 16)")
+        p.add_argument("--resize", choices=RESIZE_POLICIES)
+        p.add_argument("--resampler", choices=sorted(RESAMPLERS))
+        p.add_argument(
+            "--ct-window", help="CT window preset (common, soft_tissue, lung, bone, full), LOW,HIGH or dicom"
+        )
+        p.add_argument("--percentiles", help="LOW,HIGH percentiles for deep grayscale (default 0.5,99.5)")
         p.add_argument("--batch-size", type=int, default=4)
 
     p = sub.add_parser("encode", help="images -> codes.npz")

@@ -1,45 +1,201 @@
-"""From PIL images / numpy arrays to the tokenizer's input tensor and back.
+"""The image-input contract: from pixels to the tokenizer's input tensor, one function for every door.
 
-Input policy (documented contract):
-  * intensities: uint8 -> x/255; uint16 and other integer types -> min-max over the image (12-bit x-rays and CTs
-    arrive in 16-bit containers, so a fixed /65535 would make them nearly black); float arrays are taken to be in
-    [0, 1] already and are clipped. Then [0,1] -> [-1,1]. (Modality-aware windowing, e.g. CT in Hounsfield units,
-    is meditok-data's job.)
-  * channels: gray (H,W) or (H,W,1) is replicated to RGB; RGBA drops alpha (as PIL's convert('RGB') does); RGB as is.
-  * size, `resize=`:
-      "squash"  (default) resize to size x size ignoring the aspect ratio - what the reference does, so the same
-                image gives the same codes as the reference (PIL LANCZOS on 8-bit images);
-      "crop"    shorter side to `size`, then centre crop to size x size;
-      "pad"     longer side to `size`, then pad to a square with black (value -1);
-      "native"  keep the size, centre crop each side down to a multiple of 16 (non-square images stay non-square).
-Output: uint8 = round((clip(x,-1,1)+1) * 127.5). (The reference truncates, which turns uint8 -> [-1,1] -> uint8
-into a lossy round trip through float error; rounding makes it exact, and differs from the reference by at most 1.)
+Every way into MedITok (the `meditok` CLI, `MedITok.prepare` / `tokenize`, meditok-ar's `encode_image`, `answer` and
+`pretokenize`, the vLLM plugin, every `meditok-eval` command, training in eval mode) ends in `preprocess` with one
+`ImageInput`, so the same image becomes the same codes whichever door it takes. Two steps:
+
+1. Intensity, to [0, 1]. Files in physical units (CT in HU, MONOCHROME1, palette/YBR, deep grayscale) are meditok-data's
+   job (`meditok.data.unit_image` / `load_unit_image`), which hands over exactly what this module accepts. In-memory
+   pixels (PIL image, numpy array, torch tensor):
+     * uint8 -> x / 255 (kept 8-bit through the resize, as the reference's PIL pipeline does);
+     * deeper integers (uint16 X-rays, int16 CT-like data, PIL "I;16"/"I") -> `percentile_scale` with the
+       `ImageInput.percentiles` bounds (0.5 / 99.5 %): 12-bit data in a 16-bit container has no fixed display range;
+     * floats -> must already lie in [0, 1] (tensors in [-1, 1] go straight to `MedITok.encode`; HU arrays go through
+       meditok-data); bool -> 0 / 1.
+   Channels: gray (H,W) / (H,W,1) stays gray until the end and is replicated to RGB; RGBA drops alpha (as PIL's
+   convert("RGB")). Tensors are channel-first ([C,H,W] or [1,C,H,W], as torchvision's ToTensor gives) or [H,W].
+2. Geometry (`ImageInput.size`, `.resize`, `.resampler`), then [0, 1] -> [-1, 1]:
+     "squash"  (default) resize to size x size ignoring the aspect ratio: the reference README's LANCZOS resize, so
+               the same 8-bit image gives the same codes as the reference;
+     "crop"    scale to cover size x size, centre crop;
+     "pad"     scale to fit inside size x size, pad with black;
+     "shorter" shorter side to `size`, aspect kept (the reference's eval Resize(256)), each side centre-cropped down to
+               a multiple of 16;
+     "native"  keep the size, centre crop each side down to a multiple of 16.
+   `size` may be (height, width) for squash / crop / pad. Resampling runs in PIL (antialiased): 8-bit data as 8-bit
+   images, everything else per channel in 32-bit float ("F").
+
+The settings live in the tokenizer release's config.json (`"image_input"`, written by `save_pretrained`) and are copied
+into a meditok-ar model's config.json, so a served model tokenises exactly as it was trained; every door accepts
+explicit overrides.
+Output helpers: `to_uint8` (round((clip(x,-1,1)+1) * 127.5); the reference truncates, which makes uint8 -> [-1,1]
+-> uint8 lossy) and `psnr`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-ResizePolicy = Literal["squash", "crop", "pad", "native"]
-RESIZE_POLICIES = ("squash", "crop", "pad", "native")
+ResizePolicy = Literal["squash", "crop", "pad", "shorter", "native"]
+RESIZE_POLICIES: tuple[str, ...] = ("squash", "crop", "pad", "shorter", "native")
+RESAMPLERS: dict[str, int] = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+# PIL modes whose pixels are deeper than 8 bits (kept as integers, then percentile-scaled).
+DEEP_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Floats this far outside [0, 1] are rounding noise and are clipped; further out is a wrong input range.
+FLOAT_RANGE_TOLERANCE = 1e-3
 
 
-def _as_float_rgb(image: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
-    """Return (H,W,3) float32 in [0,1] and whether the source was 8-bit (resampled through PIL as the reference)."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image)
+@dataclass(frozen=True)
+class ImageInput:
+    """How an image becomes tokenizer input (the reference README's defaults: LANCZOS squash to 256).
+
+    ``ct_window`` (a meditok-data preset name such as "common" / "soft_tissue" / "lung", a (low, high) HU pair, or
+    "dicom" for the file's own VOI window) and ``percentiles`` are the intensity settings meditok-data applies to files
+    in physical units; ``percentiles`` also scales deep-integer pixels given in memory.
+    """
+
+    size: int | tuple[int, int] = 256
+    resize: str = "squash"
+    resampler: str = "lanczos"
+    ct_window: str | tuple[float, float] = "common"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2:
+                raise ValueError(f"image_input.size must be an int or (height, width), got {size!r}")
+            object.__setattr__(self, "size", (int(size[0]), int(size[1])))
+        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            object.__setattr__(self, "size", int(size))
         else:
-            array = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-    elif isinstance(image, np.ndarray):
-        array = image
-    else:
-        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+            raise ValueError(f"image_input.size must be an int or (height, width), got {size!r}")
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"image_input.resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"image_input.resampler must be one of {tuple(RESAMPLERS)}, got {self.resampler!r}")
+        sides = self.size if isinstance(self.size, tuple) else (self.size, self.size)
+        if self.resize != "native" and any(s < 16 or s % 16 for s in sides):
+            raise ValueError(f"image_input.size must be positive multiples of 16, got {self.size}")
+        if self.resize == "shorter" and isinstance(self.size, tuple):
+            raise ValueError("image_input.resize 'shorter' takes one side length, not (height, width)")
+        if isinstance(self.ct_window, (list, tuple)):
+            low, high = (float(v) for v in self.ct_window)
+            if not high > low:
+                raise ValueError(f"image_input.ct_window (low, high) needs high > low, got {self.ct_window!r}")
+            object.__setattr__(self, "ct_window", (low, high))
+        elif not isinstance(self.ct_window, str):
+            raise ValueError(f"image_input.ct_window must be a preset name or (low, high), got {self.ct_window!r}")
+        low, high = (float(v) for v in self.percentiles)
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"image_input.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles!r}")
+        object.__setattr__(self, "percentiles", (low, high))
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every prepared image, or None when it depends on the image (shorter, native)."""
+        if self.resize in ("shorter", "native"):
+            return None
+        return self.size if isinstance(self.size, tuple) else (self.size, self.size)
+
+    def with_overrides(self, **overrides: Any) -> ImageInput:
+        """A copy with the given fields replaced; None means "keep" (so CLI flags can pass through unset)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(
+                f"unknown image-input settings {unknown}; known: {[f.name for f in dataclasses.fields(self)]}"
+            )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "image_input") -> ImageInput:
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of image-input settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown image-input settings {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+DEFAULT_IMAGE_INPUT = ImageInput()
+
+
+# ------------------------------------------------------------------------------------------------ intensity
+
+
+def percentile_scale(
+    values: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 1 << 18
+) -> np.ndarray:
+    """Map the [lower, upper] percentiles of ``values`` linearly onto [0, 1], clipping outside; constant -> 0.
+
+    The one rule for grayscale without a physical scale (MR, 16-bit X-ray PNGs). Images larger than ``max_samples``
+    pixels estimate the percentiles on a regular pixel grid (a 2000² X-ray: every 8th pixel in each direction), which
+    is 20x faster and moves the bounds by well under 1 %.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    sample = values
+    if values.ndim >= 2 and values.size > max_samples:
+        stride = int(np.ceil(np.sqrt(values.size / max_samples)))
+        sample = values[::stride, ::stride]
+    low, high = (float(v) for v in np.percentile(sample, [lower, upper]))
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values - np.float32(low)) / np.float32(high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _as_array(image: Any) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        if image.mode in DEEP_PIL_MODES or image.mode in ("L", "RGB", "F"):
+            return np.asarray(image)
+        return np.asarray(image.convert("RGB"))  # palette, RGBA, CMYK, LA, 1: what the reference's convert does
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 4:
+            if tensor.shape[0] != 1:
+                raise ValueError(
+                    f"expected one image, got a batch of shape {tuple(tensor.shape)}; pass images one by one"
+                )
+            tensor = tensor[0]
+        if tensor.ndim == 3:
+            if tensor.shape[0] not in (1, 3, 4):
+                raise ValueError(
+                    f"tensors must be channel-first [C,H,W] with C in 1, 3, 4 (as ToTensor gives), got {tuple(tensor.shape)}"
+                )
+            tensor = tensor.permute(1, 2, 0)
+        if tensor.dtype == torch.bfloat16 or tensor.dtype == torch.float16:
+            tensor = tensor.float()
+        return tensor.numpy()
+    if isinstance(image, np.ndarray):
+        return image
+    raise TypeError(f"expected a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+
+
+def unit_pixels(image: Any, percentiles: tuple[float, float] = DEFAULT_IMAGE_INPUT.percentiles) -> np.ndarray:
+    """PIL / ndarray / tensor -> (H,W) or (H,W,3) pixels in [0, 1]: uint8 as is (it means x/255), else float32."""
+    array = _as_array(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim == 3 and array.shape[2] == 4:
@@ -49,84 +205,102 @@ def _as_float_rgb(image: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"empty image of shape {array.shape}")
     if array.dtype == np.uint8:
-        scaled, eight_bit = array.astype(np.float32) / 255.0, True
-    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        array = array.astype(np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled, eight_bit = (
-            ((array - low) / (high - low) if high > low else np.zeros_like(array)).astype(np.float32),
-            False,
-        )
-    elif np.issubdtype(array.dtype, np.floating):
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return percentile_scale(array, *percentiles)
+    if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ValueError("image contains NaN or infinite values")
-        scaled, eight_bit = np.clip(array, 0.0, 1.0).astype(np.float32), False
-    else:
-        raise TypeError(f"unsupported pixel dtype {array.dtype}")
-    if scaled.ndim == 2:
-        scaled = np.repeat(scaled[..., None], 3, axis=2)
-    return scaled, eight_bit
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_RANGE_TOLERANCE or high > 1.0 + FLOAT_RANGE_TOLERANCE:
+            raise ValueError(
+                f"float pixels must lie in [0, 1], found values in [{low:.4g}, {high:.4g}] (images already in [-1, 1] "
+                "go straight to MedITok.encode; CT in HU and other physical units go through meditok.data)"
+            )
+        return np.clip(array, 0.0, 1.0).astype(np.float32)
+    raise TypeError(f"unsupported pixel dtype {array.dtype}")
 
 
-def _resize(rgb: np.ndarray, eight_bit: bool, width: int, height: int) -> np.ndarray:
-    if (rgb.shape[1], rgb.shape[0]) == (width, height):
-        return rgb
-    if eight_bit:
-        pil = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
-        return np.asarray(pil.resize((width, height), Image.LANCZOS), dtype=np.float32) / 255.0
-    channels = [
-        np.asarray(Image.fromarray(rgb[..., c]).resize((width, height), Image.LANCZOS), dtype=np.float32)
-        for c in range(3)
-    ]
-    return np.clip(np.stack(channels, axis=2), 0.0, 1.0)
+# ------------------------------------------------------------------------------------------------ geometry
 
 
-def _center_crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
-    return rgb[top : top + height, left : left + width]
+def _resize(pixels: np.ndarray, height: int, width: int, resampler: str) -> np.ndarray:
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    method = RESAMPLERS[resampler]
+    if pixels.dtype == np.uint8:
+        return np.asarray(Image.fromarray(pixels).resize((width, height), method))
+    channels = [pixels] if pixels.ndim == 2 else [pixels[..., c] for c in range(pixels.shape[2])]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(c), "F").resize((width, height), method)) for c in channels]
+    resized = out[0] if pixels.ndim == 2 else np.stack(out, axis=2)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
-def preprocess(image: Image.Image | np.ndarray, size: int = 256, resize: ResizePolicy = "squash") -> torch.Tensor:
-    """One image -> float32 [1,3,H,W] in [-1,1] (see the module docstring for the policy)."""
-    if resize not in RESIZE_POLICIES:
-        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
-    if resize != "native" and (size < 16 or size % 16):
-        raise ValueError(f"size must be a positive multiple of 16, got {size}")
-    rgb, eight_bit = _as_float_rgb(image)
-    height, width = rgb.shape[:2]
-    if resize == "squash":
-        rgb = _resize(rgb, eight_bit, size, size)
-    elif resize == "crop":
-        scale = size / min(height, width)
-        rgb = _resize(rgb, eight_bit, max(size, round(width * scale)), max(size, round(height * scale)))
-        rgb = _center_crop(rgb, size, size)
-    elif resize == "pad":
-        scale = size / max(height, width)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        canvas = np.zeros((size, size, 3), dtype=np.float32)
-        top, left = (size - new_h) // 2, (size - new_w) // 2
-        canvas[top : top + new_h, left : left + new_w] = _resize(rgb, eight_bit, new_w, new_h)
-        rgb = canvas
-    else:
-        if height < 16 or width < 16:
-            raise ValueError(f"image of {height}x{width} is smaller than one 16x16 token")
-        rgb = _center_crop(rgb, height // 16 * 16, width // 16 * 16)
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
-    return tensor * 2.0 - 1.0
+def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    top, left = (pixels.shape[0] - height) // 2, (pixels.shape[1] - width) // 2
+    return pixels[top : top + height, left : left + width]
 
 
-def preprocess_batch(
-    images: Sequence[Image.Image | np.ndarray], size: int = 256, resize: ResizePolicy = "squash"
-) -> torch.Tensor:
-    tensors = [preprocess(image, size, resize) for image in images]
+def _to_multiple_of_16(pixels: np.ndarray) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if height < 16 or width < 16:
+        raise ValueError(f"image of {height}x{width} is smaller than one 16x16 token")
+    return _center_crop(pixels, height // 16 * 16, width // 16 * 16)
+
+
+def _apply_geometry(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if spec.resize == "native":
+        return _to_multiple_of_16(pixels)
+    if spec.resize == "shorter":
+        side = int(spec.size)  # validated: an int
+        scale = side / min(height, width)
+        pixels = _resize(pixels, max(side, round(height * scale)), max(side, round(width * scale)), spec.resampler)
+        return _to_multiple_of_16(pixels)
+    out_h, out_w = spec.output_size  # type: ignore[misc]
+    if spec.resize == "squash":
+        return _resize(pixels, out_h, out_w, spec.resampler)
+    if spec.resize == "crop":
+        scale = max(out_h / height, out_w / width)
+        pixels = _resize(pixels, max(out_h, round(height * scale)), max(out_w, round(width * scale)), spec.resampler)
+        return _center_crop(pixels, out_h, out_w)
+    scale = min(out_h / height, out_w / width)  # pad
+    new_h, new_w = min(out_h, max(1, round(height * scale))), min(out_w, max(1, round(width * scale)))
+    canvas = np.zeros((out_h, out_w, *pixels.shape[2:]), dtype=pixels.dtype)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = _resize(pixels, new_h, new_w, spec.resampler)
+    return canvas
+
+
+def preprocess(image: Any, spec: ImageInput | None = None, **overrides: Any) -> torch.Tensor:
+    """One image (PIL / ndarray / tensor, see the module docstring) -> float32 [1,3,H,W] in [-1, 1].
+
+    ``spec`` defaults to the reference's settings; keyword overrides (``size=``, ``resize=``, ``resampler=``,
+    ``percentiles=``) replace single fields.
+    """
+    spec = (spec or DEFAULT_IMAGE_INPUT).with_overrides(**overrides)
+    pixels = _apply_geometry(unit_pixels(image, spec.percentiles), spec)
+    unit = pixels.astype(np.float32) / np.float32(255.0) if pixels.dtype == np.uint8 else pixels
+    tensor = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
+    tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    return (tensor.unsqueeze(0) * 2.0 - 1.0).contiguous()
+
+
+def preprocess_batch(images: Sequence[Any], spec: ImageInput | None = None, **overrides: Any) -> torch.Tensor:
+    tensors = [preprocess(image, spec, **overrides) for image in images]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise ValueError(f"images preprocess to different shapes {sorted(shapes)}; use a fixed-size resize policy")
     return torch.cat(tensors)
 
 
+# ------------------------------------------------------------------------------------------------ output
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[B,3,H,W] or [3,H,W] in [-1,1] -> uint8 [B,H,W,3] or [H,W,3]."""
+    """[B,3,H,W] or [3,H,W] in [-1,1] -> uint8 [B,H,W,3] or [H,W,3] (the one [-1,1] -> uint8 conversion)."""
     array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().cpu().numpy().astype(np.uint8)
     return np.moveaxis(array, -3, -1)
 
@@ -137,6 +311,10 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [-1,1] (peak-to-peak 2)."""
+    """PSNR in dB of two images (or batches, pooled) in [-1,1]: 10 log10(peak² / MSE) with peak-to-peak 2.
+
+    The project's one PSNR. Because [-1,1] -> [0,255] is affine, this equals PSNR on 8-bit pixels with peak 255
+    (before rounding); per-image means (as in reports) average this over images.
+    """
     mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
+    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
