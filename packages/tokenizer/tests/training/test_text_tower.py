@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 import torch
+import transformers  # in the [train] extra this session installs: missing is an error, not a skip
 from torch import nn
 
 from meditok.tokenizer.training import AuxModelError
 from meditok.tokenizer.training.aux_models import OPEN_CLIP_FILE, load_text_tower, make_hf_text_standin
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
