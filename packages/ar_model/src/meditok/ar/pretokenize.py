@@ -25,12 +25,10 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     """Encode the rows of ``manifest`` assigned to this rank. ``tokenizer``: a MedITok or its path.
     ``max_chunks`` stops after that many new chunks (to test resumption). Returns counts."""
     from meditok.data import Preprocess, load_row, read_manifest, write_code_shards
+    from meditok.data.distributed import rank_and_world_size
     from meditok.data.errors import MedicalImageError
 
-    if rank is None:
-        rank = int(os.environ.get("RANK", 0))
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = rank_and_world_size(rank, world_size)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if isinstance(tokenizer, (str, os.PathLike)):

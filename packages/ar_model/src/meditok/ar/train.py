@@ -26,6 +26,7 @@ import torch
 
 from meditok.ar.layout import CONFIG_KEY
 from meditok.ar.sequences import RecordSampler, collate
+from meditok.data.distributed import launched, rank_and_world_size, start_deepspeed
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"base": None, "image_tokenizer": None, "out": None},
@@ -125,11 +126,6 @@ def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def _dist_env() -> tuple[int, int, bool]:
-    launched = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), launched
-
-
 def prepare_model(cfg: dict[str, dict[str, Any]], rank: int = 0) -> Any:
     """Load / extend the base, save the extended base once (rank 0), add LoRA."""
     from meditok.ar.model import MedITokAR
@@ -158,21 +154,13 @@ def train(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     """Run a fine-tuning job; returns {"losses", "adapter", "seconds", "tokens"}."""
     cfg = load_config(config)
     tr, data = cfg["train"], cfg["data"]
-    rank, world, launched = _dist_env()
-    use_ds = bool(tr["deepspeed"]) or launched
+    rank, world = rank_and_world_size()
+    use_ds = bool(tr["deepspeed"]) or launched()
     engine = None
     if use_ds:
-        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(29700 + os.getpid() % 200)}.items():  # fmt: skip
-            os.environ.setdefault(key, value)  # a plain `python` run would otherwise need mpi4py
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
         import deepspeed
-        import deepspeed.ops
 
-        # The CPU shm collective is JIT-compiled (~70 s) on first use; gloo does the work without it.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        rank, world, _ = start_deepspeed()
     torch.manual_seed(tr["seed"])
     model = prepare_model(cfg, rank)
     llm = model.llm

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from meditok.data.distributed import rank_and_world_size
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage
 from meditok.data.manifest import ManifestRow, load_row, read_manifest
@@ -38,14 +38,6 @@ from meditok.data.shards import (
 from meditok.data.transforms import Preprocess
 
 log = logging.getLogger("meditok.data")
-
-
-def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class _SkipCounter:
@@ -133,7 +125,7 @@ class _StreamDataset(IterableDataset):
 
     # -- partitioning -------------------------------------------------------------------------------------------
     def _stream_id(self) -> tuple[int, int]:
-        rank, world = _distributed_rank_world(self.rank, self.world_size)
+        rank, world = rank_and_world_size(self.rank, self.world_size)
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         return rank * workers + worker_id, world * workers

@@ -106,12 +106,6 @@ def _enable_grad_checkpointing(core: nn.Module) -> None:
             block.forward = lambda x, _f=forward: checkpoint(_f, x, use_reentrant=False)
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -173,20 +167,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- setup
     def _init_distributed(self) -> None:
-        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-        import deepspeed
-        import deepspeed.ops
+        from meditok.data.distributed import start_deepspeed
 
-        # The CPU shm all-reduce op only speeds up inference and costs a 70 s JIT build; skip it (recheck on upgrade).
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        self.cuda = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
-        self.rank, self.world = _dist()
-        self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if self.cuda else torch.device("cpu")
-        if self.cuda:
-            torch.cuda.set_device(self.device)
+        self.rank, self.world, self.device = start_deepspeed()
+        self.cuda = self.device.type == "cuda"
 
     def _load_aux(self) -> None:
         """Every pretrained part, before the tokenizer is built: a missing file fails in seconds."""
