@@ -83,6 +83,7 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
 
     from meditok.ar.layout import TokenLayout, token_ids_to_codes
     from meditok.ar.sequences import SequenceBuilder
+    from meditok.ar.vllm_plugin.guided_pair import GuidedPair, shared_seed
     from meditok.tokenizer import MedITok
     from meditok.tokenizer.preprocessing import to_pil
 
@@ -112,29 +113,28 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     if top_k:
         body["top_k"] = top_k
     if cfg_scale is not None:
-        import random
-        import uuid
-
         body["prompt"] = [prompt_ids, builder.generation_prompt("", grid)]
-        seed = seed if seed is not None else random.randrange(2**31)  # both branches must draw alike
+        seed = shared_seed(seed)
     if seed is not None:
         body["seed"] = seed
-    for _ in range(attempts if cfg_scale is not None else 1):
-        if cfg_scale is not None:
-            body["vllm_xargs"] = {**xargs, "cfg_scale": cfg_scale, "cfg_pair": uuid.uuid4().hex}
+
+    def completions() -> list[list[int]]:
         response = requests.post(f"{base}/v1/completions", json=body, timeout=timeout)
         if response.status_code != 200:
             raise ValueError(f"server answered {response.status_code}: {response.text[:500]}")
-        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
-        token_ids = choices[0]["token_ids"]
-        if cfg_scale is None or (
-            len(token_ids) > n_codes and choices[1]["token_ids"][: n_codes + 1] == token_ids[: n_codes + 1]
-        ):
-            break
+        return [c["token_ids"] for c in sorted(response.json()["choices"], key=lambda c: c["index"])]
+
+    if cfg_scale is None:
+        token_ids = completions()[0]
     else:
-        raise RuntimeError(
-            f"{base}: the server split the guided request pair {attempts} times (overloaded?); retry later"
-        )
+        pair = GuidedPair(n_codes, attempts, base)
+        for key in pair.keys():
+            body["vllm_xargs"] = {**xargs, "cfg_scale": cfg_scale, "cfg_pair": key}
+            token_ids, uncond_ids = completions()[:2]
+            if pair.in_lockstep(token_ids, uncond_ids):
+                break
+        else:
+            raise pair.split_error()
     block = prompt_ids[-3:] + list(token_ids[: n_codes + 1])
     codes, g = token_ids_to_codes(block, layout)  # LayoutError (a ValueError) if the server broke the layout
     recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")

@@ -21,12 +21,10 @@ from typing import Any
 from fastapi import Request  # module level: FastAPI resolves the handler's (string) annotations in these globals
 from fastapi.responses import JSONResponse
 
+from meditok.ar.vllm_plugin.guided_pair import CFG_ATTEMPTS, GuidedPair, Unavailable, shared_seed
+
 NAME = "meditok_images"
-CFG_ATTEMPTS = 4
-
-
-class Unavailable(RuntimeError):
-    """The server could not produce the result this time (HTTP 503); the request was valid."""
+__all__ = ["CFG_ATTEMPTS", "NAME", "ImagesEndpoint", "Unavailable"]
 
 
 class ImagesEndpoint:
@@ -76,8 +74,6 @@ class ImagesEndpoint:
         return self._assets
 
     async def generate(self, body: dict[str, Any]) -> list[dict[str, str]]:
-        import random
-
         from vllm import SamplingParams
 
         from meditok.ar.layout import token_ids_to_codes
@@ -133,18 +129,17 @@ class ImagesEndpoint:
         async def one(i: int) -> list[int]:
             if cfg_scale is None:
                 return await run(ids, params(None if seed is None else seed + i, extra))
-            seed_i = seed + i if seed is not None else random.randrange(2**31)  # both branches must draw alike
+            seed_i = shared_seed(None if seed is None else seed + i)
             uncond_ids = builder.generation_prompt("", grid)
-            for _ in range(CFG_ATTEMPTS):
-                pair = {**extra, "cfg_scale": float(cfg_scale), "cfg_pair": uuid.uuid4().hex}
+            pair = GuidedPair(n_codes, CFG_ATTEMPTS, "images endpoint")
+            for key in pair.keys():
+                xargs = {**extra, "cfg_scale": float(cfg_scale), "cfg_pair": key}
                 cond, uncond = await asyncio.gather(
-                    run(ids, params(seed_i, pair)), run(uncond_ids, params(seed_i, pair))
+                    run(ids, params(seed_i, xargs)), run(uncond_ids, params(seed_i, xargs))
                 )
-                if len(cond) > n_codes and cond[: n_codes + 1] == uncond[: n_codes + 1]:
+                if pair.in_lockstep(cond, uncond):
                     return cond
-            raise Unavailable(
-                f"the scheduler split the guided request pair {CFG_ATTEMPTS} times (server overloaded?); retry later"
-            )
+            raise pair.split_error()
 
         results = await asyncio.gather(*(one(i) for i in range(n)))
         data = []
