@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("manifest")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--tokenizer", required=True, help="MedITok weights (folder, .safetensors or .pth)")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, help="image side (default: the tokenizer's recorded image_input)")
     p.add_argument("--rank", type=int)
     p.add_argument("--world-size", type=int)
     p.add_argument("--chunk-size", type=int, default=64)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, help="image side (default: the model's recorded image_input)")
 
     p = sub.add_parser("generate-image", help="prompt -> PNG")
     p.add_argument("model")
@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     model = MedITokAR.from_pretrained(args.model)
     if args.command == "answer":
-        print(model.answer(args.image, args.question, max_new_tokens=args.max_new_tokens))
+        print(model.answer(args.image, args.question, max_new_tokens=args.max_new_tokens,
+                           image_input={"size": args.size}))  # fmt: skip
         return 0
     if args.command == "generate-image":
         image = model.generate_image(args.prompt, size=_size(args.size), cfg_scale=args.cfg_scale,

@@ -133,8 +133,10 @@ class MedITokAR:
         )
         if image_tok is None:
             image_tok = _load_image_tokenizer(image_path)
-        layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}),
-                             extra={"base_architecture": SUPPORTED_MODEL_TYPES[model_type]})  # fmt: skip
+        # The image tokenizer's image-input settings travel with the model, so that training, `answer` and a vLLM
+        # server tokenise an image exactly alike.
+        extra = {"base_architecture": SUPPORTED_MODEL_TYPES[model_type], "image_input": image_tok.image_input.to_dict()}
+        layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}), extra=extra)
         added = text_tokenizer.add_tokens(layout.new_token_strings(), special_tokens=True)
         ids = text_tokenizer.convert_tokens_to_ids(["<image>", "<boi>", "<i0_0>", f"<i7_{layout.codebook_size - 1}>"])
         want = [layout.image_token_id, layout.boi_token_id, layout.image_token_base, layout.vocab_size - 1]
@@ -237,23 +239,33 @@ class MedITokAR:
                          self.image_tokenizer_path)  # fmt: skip
 
     # ------------------------------------------------------------------ images
-    def encode_image(self, image: Any, size: int | tuple[int, int] = 256) -> tuple[torch.Tensor, tuple[int, int]]:
-        """PIL / array / path / [3,H,W] or [1,3,H,W] tensor in [-1,1] -> (codes [8, h*w], (h, w))."""
-        if isinstance(image, (str, os.PathLike)):
-            from meditok.data import Preprocess, read_image
+    @property
+    def image_input(self) -> Any:
+        """How images become codes for this model (an `ImageInput`): config.json's ``meditok_ar.image_input``,
+        copied from the image tokenizer when the model was made; older folders fall back to the tokenizer's own."""
+        from meditok.tokenizer.preprocessing import ImageInput
 
-            side = size if isinstance(size, int) else max(size)
-            image = Preprocess(size=side)(read_image(image))
-        if not isinstance(image, torch.Tensor):
-            from meditok.tokenizer.preprocessing import preprocess
+        recorded = self.layout.extra.get("image_input")
+        if recorded is not None:
+            return ImageInput.from_dict(recorded, where=f"{CONFIG_KEY}.image_input")
+        return self.image_tokenizer.image_input
 
-            image = preprocess(image, size=size if isinstance(size, int) else max(size))
-        x = image if image.ndim == 4 else image.unsqueeze(0)
+    def encode_image(self, image: Any, **overrides: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A file path (or its bytes), PIL image, array or tensor in [0,1] -> (codes [8, h*w], (h, w)).
+
+        The image-input contract with this model's `image_input`; keyword overrides (``size=`` an int or
+        (height, width), ``resize=``, ``resampler=``, ``ct_window=``, ``percentiles=``) replace single settings."""
+        from meditok.tokenizer.image_files import load_image
+        from meditok.tokenizer.preprocessing import preprocess
+
+        spec = self.image_input.with_overrides(**overrides)
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            image = load_image(image, spec)
+        x = preprocess(image, spec)
         tok = self.image_tokenizer
         with torch.no_grad():
             codes = tok.encode(x.to(tok.device))
-        grid = (x.shape[-2] // 16, x.shape[-1] // 16)
-        return codes[0].cpu(), grid
+        return codes[0].cpu(), (x.shape[-2] // 16, x.shape[-1] // 16)
 
     def decode_codes(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         tok = self.image_tokenizer
@@ -264,16 +276,16 @@ class MedITokAR:
 
     # ------------------------------------------------------------------ inference
     def answer(self, image_or_codes: Any, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, grid: tuple[int, int] | None = None) -> str:  # fmt: skip
-        """Answer ``question`` about an image (PIL/array/path/tensor) or its codes ([8, h*w] or [8, h, w] ints)."""
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, grid: tuple[int, int] | None = None,
+               image_input: dict[str, Any] | None = None) -> str:  # fmt: skip
+        """Answer ``question`` about an image (path/PIL/array/[0,1] tensor, through `encode_image`) or its codes
+        ([8, h*w] or [8, h, w] ints). ``image_input``: overrides of the model's image-input settings."""
         from meditok.ar.generation import generate_text
 
-        if isinstance(image_or_codes, (torch.Tensor, np.ndarray)) and not torch.is_floating_point(
-            torch.as_tensor(image_or_codes)
-        ):
+        if _are_codes(image_or_codes, self.layout.num_codebooks):
             codes = image_or_codes
         else:
-            codes, grid = self.encode_image(image_or_codes)
+            codes, grid = self.encode_image(image_or_codes, **(image_input or {}))
         prompt = self.builder.question_prompt(codes, question, grid)
         ids = generate_text(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed)  # fmt: skip
@@ -306,6 +318,15 @@ class MedITokAR:
         single = isinstance(prompt, str) and num_images == 1
         result = images[0] if single else images
         return (result, blocks[0] if single else blocks) if return_tokens else result
+
+
+def _are_codes(value: Any, num_codebooks: int) -> bool:
+    """Integer arrays [K, L] / [K, h, w] are codes; uint8 (and float) arrays are pixels (codes reach 4095)."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        return False
+    tensor = torch.as_tensor(value)
+    integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype in (torch.uint8, torch.bool))
+    return integer and tensor.ndim in (2, 3) and tensor.shape[0] == num_codebooks
 
 
 def _load_image_tokenizer(path: str | os.PathLike) -> Any:

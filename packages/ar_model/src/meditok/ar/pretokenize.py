@@ -8,7 +8,6 @@ modality, caption, grid."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,14 +18,16 @@ import torch
 PARTS = "parts"
 
 
-def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: Any, *, size: int = 256,
+def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: Any, *, size: int | None = None,
                 rank: int | None = None, world_size: int | None = None, chunk_size: int = 64, batch_size: int = 8,
                 max_chunks: int | None = None, progress: bool = False) -> dict[str, Any]:  # fmt: skip
     """Encode the rows of ``manifest`` assigned to this rank. ``tokenizer``: a MedITok or its path.
     ``max_chunks`` stops after that many new chunks (to test resumption). Returns counts."""
-    from meditok.data import Preprocess, load_row, read_manifest, write_code_shards
+    from meditok.ar.codes import write_code_shards
+    from meditok.data import load_row, read_manifest, unit_image
     from meditok.data.distributed import rank_and_world_size
     from meditok.data.errors import MedicalImageError
+    from meditok.tokenizer.preprocessing import preprocess
 
     rank, world_size = rank_and_world_size(rank, world_size)
     if not 0 <= rank < world_size:
@@ -40,7 +41,9 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(rows) + chunk_size - 1) // chunk_size
-    prep = Preprocess(size=size)
+    # The image-input contract with the tokenizer's recorded settings (``size`` overrides the side only); shapes vary
+    # with "shorter" / "native", so every image keeps its own grid.
+    spec = tokenizer.image_input.with_overrides(size=size)
     done = skipped_rows = new_chunks = 0
     for chunk in range(rank, n_chunks, world_size):
         final = parts / f"part-{chunk:06d}"
@@ -54,16 +57,21 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         tensors, metas = [], []
         for row in chunk_rows:
             try:
-                tensors.append(prep(load_row(row)))
+                image = load_row(row)
+                tensors.append(preprocess(unit_image(image, spec), spec)[0])
                 metas.append({"source": row.key, "modality": row.modality, "caption": row.caption})
-            except MedicalImageError as error:
+            except (MedicalImageError, ValueError) as error:
                 skipped_rows += 1
                 print(f"skipped {row.key}: {error}", flush=True)
         for i in range(0, len(tensors), batch_size):
-            with torch.no_grad():
-                codes = tokenizer.encode(torch.stack(tensors[i : i + batch_size]).to(tokenizer.device)).cpu()
-            h = w = size // 16
-            for c, meta in zip(codes, metas[i : i + batch_size]):
+            batch = tensors[i : i + batch_size]
+            if len({t.shape for t in batch}) > 1:  # variable-size policies: encode one by one
+                codes = [tokenizer.encode(t[None].to(tokenizer.device))[0].cpu() for t in batch]
+            else:
+                with torch.no_grad():
+                    codes = list(tokenizer.encode(torch.stack(batch).to(tokenizer.device)).cpu())
+            for c, t, meta in zip(codes, batch, metas[i : i + batch_size]):
+                h, w = t.shape[-2] // 16, t.shape[-1] // 16
                 items.append((c.reshape(c.shape[0], h, w).numpy(), meta))
         temporary = parts / f"part-{chunk:06d}.tmp-{rank}"
         shutil.rmtree(temporary, ignore_errors=True)
@@ -79,18 +87,10 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
 
 
 def _write_index_if_complete(out: Path, n_chunks: int) -> bool:
+    from meditok.ar.codes import merge_code_folders
+
     parts = [out / PARTS / f"part-{c:06d}" for c in range(n_chunks)]
     if not all((p / "index.json").exists() for p in parts):
         return False
-    shards, skipped, attempted = [], 0, 0
-    for p in parts:
-        index = json.loads((p / "index.json").read_text())
-        shards += [{"name": f"{PARTS}/{p.name}/{s['name']}", "count": s["count"]} for s in index["shards"]]
-        skipped += index.get("skipped", 0)
-        attempted += index.get("attempted", 0)
-    temporary = out / f"index.json.tmp-{os.getpid()}"
-    temporary.write_text(
-        json.dumps({"kind": "codes", "shards": shards, "skipped": skipped, "attempted": attempted}, indent=1)
-    )
-    os.replace(temporary, out / "index.json")
+    merge_code_folders(out, parts)
     return True

@@ -46,7 +46,8 @@ def _nifti_from_bytes(data: bytes, label: Path, modality: str | None):
     return _canonical_volume(voxels, image.affine, modality=guessed, source=label, metadata={"format": "nifti"})
 
 
-def _looks_like_nifti(data: bytes) -> bool:
+def looks_like_nifti_bytes(data: bytes) -> bool:
+    """NIfTI-1 (.nii or gzipped .nii.gz) bytes: the magic "n+1" / "ni1" at offset 344 of the header."""
     if data[:2] == b"\x1f\x8b":
         try:
             data = zlib.decompressobj(31).decompress(data[:4096], 400)  # the header is in the first 348 bytes
@@ -75,7 +76,7 @@ def read_2d(
         label = Path(name or "<image bytes>")
         if is_dicom_bytes(data[:132]):
             image = read_dicom(label, modality=modality, data=data)
-        elif _looks_like_nifti(data):
+        elif looks_like_nifti_bytes(data):
             return _middle_slice(_nifti_from_bytes(data, label, modality), plane, slice_index)
         else:
             image = read_raster(label, modality=modality, ct_bias=ct_bias, data=data)

@@ -1,41 +1,36 @@
-"""DICOM in ``image_url`` data URLs: vLLM's image loader only knows what PIL opens, so the plugin wraps
-``ImageMediaIO.load_bytes``: bytes with the DICOM preamble (``DICM`` at offset 128) are read by meditok-data and
-windowed by modality (CT: the default soft-tissue window; 8-bit data as is; deeper grayscale by percentiles), then
-handed on as an 8-bit RGB PIL image. Everything else goes to vLLM's own loader unchanged."""
+"""Medical files in ``image_url`` data URLs: vLLM's image loader only knows what PIL opens, so the plugin wraps
+``ImageMediaIO.load_bytes``: DICOM (``DICM`` after the 128-byte preamble) and NIfTI bytes are read in memory by
+meditok-data, so that vLLM accepts them. What vLLM keeps is a ``MediaWithBytes`` holding the original bytes; the
+multimodal processor tokenises those bytes through the image-input contract (`processing.image_to_token_ids`), so
+the 8-bit preview made here is never what the model sees. Everything else goes to vLLM's own loader unchanged."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
-_MARK = "_meditok_dicom"
+_MARK = "_meditok_medical"
 
 
-def is_dicom(data: bytes) -> bool:
-    return len(data) >= 132 and data[128:132] == b"DICM"
+def is_medical(data: bytes) -> bool:
+    from meditok.data.loading import looks_like_nifti_bytes
+    from meditok.tokenizer.image_files import is_dicom_bytes
+
+    return is_dicom_bytes(data[:132]) or looks_like_nifti_bytes(data)
 
 
-def dicom_to_pil(data: bytes) -> Any:
-    """DICOM bytes -> windowed 8-bit RGB PIL image (raises ValueError with the reader's message)."""
+def medical_preview(data: bytes) -> Any:
+    """DICOM / NIfTI bytes -> an 8-bit RGB PIL preview (raises ValueError with the reader's one-line message)."""
     import numpy as np
     from PIL import Image
 
-    from meditok.data import MedicalImageError, normalize_intensity, read_dicom
+    from meditok.data import MedicalImageError, load_unit_image
 
-    fd, name = tempfile.mkstemp(suffix=".dcm")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        image = read_dicom(name)
-        if image.num_frames > 1:
-            image = image.frame(0)
-        values = normalize_intensity(image)  # [-1, 1], (H, W) or (H, W, 3)
-    except (MedicalImageError, OSError) as error:
-        raise ValueError(f"Failed to load DICOM image: {error}") from None
-    finally:
-        os.unlink(name)
-    pixels = np.clip((values + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+        pixels, _ = load_unit_image(data, name="image_url")
+    except MedicalImageError as error:
+        raise ValueError(f"Failed to load medical image: {error}") from None
+    if pixels.dtype != np.uint8:
+        pixels = np.round(pixels * 255.0).astype(np.uint8)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     return Image.fromarray(pixels, "RGB")
@@ -51,9 +46,9 @@ def install_dicom_loader() -> None:
     original = io_cls.load_bytes
 
     def load_bytes(self: Any, data: bytes) -> Any:
-        if not is_dicom(data):
+        if not is_medical(data):
             return original(self, data)
-        picture = dicom_to_pil(data)
+        picture = medical_preview(data)
         w, h = picture.size
         max_pixels = media_image.envs.VLLM_MAX_IMAGE_PIXELS
         if max_pixels > 0 and w * h > max_pixels:

@@ -5,9 +5,13 @@ runs in the API-server process, once per image; the ``<image>`` placeholder toke
 ``<boi> <img_h_h> <img_w_w> codes... <eoi>`` (real vocabulary ids, so ``prompt_token_ids`` and prefix caching mean
 what they say) and the model embeds those ids with its own embedding table.
 
-Image size: every image is resized ("squash", like the tokenizer's ``preprocess``) to ``S x S`` with ``S`` from the
-environment ``MEDITOK_VLLM_IMAGE_SIZE``, else ``config.json`` ``meditok_ar.serve_image_size``, else 256 (multiples of
-16; 256 gives 2052 prompt tokens per image)."""
+Images go through the image-input contract with the settings the model was trained with (``config.json``
+``meditok_ar.image_input``, copied from the image tokenizer; the reference's LANCZOS squash to 256 for older folders):
+the processor tokenises the request's original bytes (``MediaWithBytes.original_bytes``) exactly as `meditok`'s CLI and
+`MedITokAR.encode_image` read a file (DICOM in HU with no 8-bit round trip, 16-bit PNGs by percentiles), so the
+prompt ids equal the transformers path's. The side can be overridden with ``--image-size`` /
+``MEDITOK_VLLM_IMAGE_SIZE`` (or the older ``meditok_ar.serve_image_size``); the resize policy must give a fixed size
+(squash, crop, pad), since vLLM reserves a fixed number of prompt tokens per image (2052 at 256x256)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from typing import Any
 from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids
 
 IMAGE_SIZE_ENV = "MEDITOK_VLLM_IMAGE_SIZE"
-DEFAULT_IMAGE_SIZE = 256
 PLACEHOLDER = "<image>"
 FIELD = "image_token_ids"
 
@@ -35,12 +38,27 @@ def layout_of(hf_config: Any) -> TokenLayout:
     return TokenLayout.from_config(dict(data))
 
 
-def image_size_of(hf_config: Any) -> int:
-    value = os.environ.get(IMAGE_SIZE_ENV) or dict(getattr(hf_config, CONFIG_KEY, {}) or {}).get("serve_image_size")
-    size = int(value) if value else DEFAULT_IMAGE_SIZE
-    if size < 16 or size % 16:
-        raise ValueError(f"serving image size must be a positive multiple of 16, got {size}")
-    return size
+def image_input_of(hf_config: Any, model_dir: str) -> Any:
+    """The served model's `ImageInput` (recorded settings, then the size overrides); fixed-size policies only.
+
+    Folders made before the settings were recorded use their image tokenizer's, as `MedITokAR.image_input` does."""
+    from meditok.tokenizer.api import read_image_input
+    from meditok.tokenizer.preprocessing import ImageInput
+
+    block = dict(getattr(hf_config, CONFIG_KEY, {}) or {})
+    if block.get("image_input") is not None:
+        spec = ImageInput.from_dict(block["image_input"], where=f"config.json {CONFIG_KEY}.image_input")
+    else:
+        spec = read_image_input(image_tokenizer_path(model_dir, layout_of(hf_config)))
+    override = os.environ.get(IMAGE_SIZE_ENV) or block.get("serve_image_size")
+    if override:
+        spec = spec.with_overrides(size=int(override))
+    if spec.output_size is None:
+        raise ValueError(
+            f"serving needs a fixed image size: {CONFIG_KEY}.image_input.resize is {spec.resize!r}; use squash, crop or "
+            "pad (vLLM reserves a fixed number of prompt tokens per image)"
+        )
+    return spec
 
 
 def image_tokenizer_path(model_dir: str, layout: TokenLayout) -> Path:
@@ -62,17 +80,19 @@ def load_image_tokenizer(path: Path) -> Any:
         return _TOKENIZERS[key]
 
 
-def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, size: int) -> list[int]:
-    """PIL image -> its full image block (the same ids the transformers path builds from the same pixels)."""
+def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: Any) -> list[int]:
+    """One request image -> its full image block (the ids the transformers path builds from the same file)."""
     import torch
 
+    from meditok.tokenizer.image_files import load_image
     from meditok.tokenizer.preprocessing import preprocess
 
-    picture = getattr(image, "media", image)  # vLLM may hand over a MediaWithBytes wrapper
-    pixels = preprocess(picture.convert("RGB") if hasattr(picture, "convert") else picture, size=size)
+    original = getattr(image, "original_bytes", None)  # vLLM's MediaWithBytes: the bytes the client sent
+    pixels = load_image(original, spec, name="image_url") if original is not None else getattr(image, "media", image)
+    x = preprocess(pixels, spec)
     with torch.no_grad():
-        codes = tokenizer.encode(pixels.to(tokenizer.device))[0].cpu()
-    return codes_to_token_ids(codes, layout, (size // 16, size // 16))
+        codes = tokenizer.encode(x.to(tokenizer.device))[0].cpu()
+    return codes_to_token_ids(codes, layout, (x.shape[-2] // 16, x.shape[-1] // 16))
 
 
 def _build() -> tuple[type, type, type]:
@@ -93,12 +113,12 @@ def _build() -> tuple[type, type, type]:
             note_served_layout(layout)  # lets validate_params (same API-server process) refuse grids beyond max_grid
             return layout
 
-        def image_size(self) -> int:
-            return image_size_of(self.get_hf_config())
+        def image_input(self) -> Any:
+            return image_input_of(self.get_hf_config(), self.model_id)
 
         def block_length(self) -> int:
-            side = self.image_size() // 16
-            return self.layout().block_length((side, side))
+            height, width = self.image_input().output_size
+            return self.layout().block_length((height // 16, width // 16))
 
         def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
             return {"image": self.block_length()}
@@ -108,8 +128,8 @@ def _build() -> tuple[type, type, type]:
             return PLACEHOLDER * mm_counts.get("image", 0)
 
         def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any = None) -> Any:
-            size = self.info.image_size()
-            return {"image": self._get_dummy_images(width=size, height=size, num_images=mm_counts.get("image", 0))}
+            height, width = self.info.image_input().output_size
+            return {"image": self._get_dummy_images(width=width, height=height, num_images=mm_counts.get("image", 0))}
 
     class MedITokMultiModalProcessor(BaseMultiModalProcessor[MedITokProcessingInfo]):
         def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
@@ -117,9 +137,9 @@ def _build() -> tuple[type, type, type]:
             if not isinstance(images, (list, tuple)):
                 images = [images]
             layout = self.info.layout()
-            size = self.info.image_size()
+            spec = self.info.image_input()
             tokenizer = load_image_tokenizer(image_tokenizer_path(self.info.model_id, layout))
-            rows = [image_to_token_ids(image, tokenizer, layout, size) for image in images]
+            rows = [image_to_token_ids(image, tokenizer, layout, spec) for image in images]
             return BatchFeature({FIELD: torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)})
 
         def _get_mm_fields_config(
