@@ -163,7 +163,18 @@ def test_cli_scores_a_prediction_file(qa_files, tmp_path):
         == 0
     )
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["overall"]["closed_accuracy"] == pytest.approx(2 / 3)
+    # Worked out by hand from PREDICTIONS (see the comments there): closed 1 and 3 right of 1-3; open recall 2/3 and
+    # 0, no exact match; choices 6 and 8 right of 6-8.
+    vqa_rad = {"n": 5, "n_closed": 3, "n_open": 2, "n_choice": 0, "closed_accuracy": 2 / 3, "open_recall": 1 / 3,
+               "open_exact": 0.0, "choice_accuracy": None}  # fmt: skip
+    pmc_vqa = {"n": 3, "n_closed": 0, "n_open": 0, "n_choice": 3, "closed_accuracy": None, "open_recall": None,
+               "open_exact": None, "choice_accuracy": 2 / 3}  # fmt: skip
+    overall = {"n": 8, "n_closed": 3, "n_open": 2, "n_choice": 3, "closed_accuracy": 2 / 3, "open_recall": 1 / 3,
+               "open_exact": 0.0, "choice_accuracy": 2 / 3}  # fmt: skip
+    assert metrics["overall"] == pytest.approx(overall)
+    assert metrics["per_dataset"] == {"vqa-rad": pytest.approx(vqa_rad), "pmc-vqa": pytest.approx(pmc_vqa)}
+    assert [i["correct"] for i in metrics["items"]] == [True, False, True, False, False, True, False, True]
+    assert [i.get("recall") for i in metrics["items"]][3:5] == pytest.approx([2 / 3, 0.0])
     assert (out / "vqa_per_dataset.png").stat().st_size > 1000
     assert "pmc-vqa" in (out / "report.md").read_text()
 
