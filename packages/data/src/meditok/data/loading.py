@@ -69,7 +69,7 @@ def read_2d(
     """Any supported file or its bytes as one 2-D image in physical units.
 
     A volume (NIfTI, DICOM series folder, .inv3) gives its middle ``plane`` slice unless ``slice_index`` is given; a
-    multi-frame DICOM gives ``frame`` (default 0). Bytes may hold DICOM, NIfTI (.nii or .nii.gz) or a raster image.
+    multi-frame DICOM gives ``frame`` (default: the middle frame, as a manifest row of the whole file does). Bytes may hold DICOM, NIfTI (.nii or .nii.gz) or a raster image.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -91,7 +91,7 @@ def read_2d(
                 raise MedicalImageError(path, str(exc).split(": ", 1)[-1]) from None
         image = read_image(path, modality=modality, frame=frame, ct_bias=ct_bias)
     if image.num_frames > 1:
-        image = image.frame(frame or 0)
+        image = image.frame(image.num_frames // 2 if frame is None else frame)
     return image
 
 

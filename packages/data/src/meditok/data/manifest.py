@@ -23,7 +23,6 @@ from meditok.data.modality import modality_from_path, normalize_modality, templa
 from meditok.data.readers import (
     DICOM_MODALITY,
     file_kind,
-    read_image,
     read_medmnist,
     read_npz_image,
     read_volume,
@@ -328,16 +327,15 @@ def read_manifest(
 
 
 def load_row(row: ManifestRow) -> MedicalImage:
-    """The 2-D image a manifest row points at (a frame, a slice or an NPZ entry where the row says so)."""
-    if row.kind == "slice":
-        return read_image(row.path, modality=row.modality, slice_index=row.index, plane=row.plane or "axial")  # type: ignore[arg-type]
-    if row.kind == "frame":
-        return read_image(row.path, modality=row.modality, frame=row.index)
+    """The 2-D image a manifest row points at (a frame, a slice or an NPZ entry where the row says so); a volume or a
+    multi-frame file listed as one row gives what every door reads from that file (`read_2d`: the middle axial slice,
+    the middle frame)."""
+    from meditok.data.loading import read_2d
+
     if row.kind == "npz":
         return read_npz_image(row.path, int(row.index or 0), row.split or "train", row.modality)
-    if row.kind == "volume":
-        volume = read_volume(row.path, modality=row.modality)
-        return volume.slice(volume.num_slices("axial") // 2, "axial")
-    image = read_image(row.path, modality=row.modality, ct_bias=row.ct_bias)
-    # A multi-frame file indexed as one row stands for its middle frame.
-    return image.frame(image.num_frames // 2) if image.num_frames > 1 else image
+    if row.kind == "slice":
+        return read_2d(row.path, modality=row.modality, slice_index=row.index, plane=row.plane or "axial")  # type: ignore[arg-type]
+    if row.kind == "frame":
+        return read_2d(row.path, modality=row.modality, frame=row.index)
+    return read_2d(row.path, modality=row.modality, ct_bias=row.ct_bias)
