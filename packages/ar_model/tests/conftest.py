@@ -65,8 +65,8 @@ def trained(assets, extended_dir):
     """One real image + caption + a fixed question, overfitted with LoRA + trainable tokens in one process."""
     import json
 
+    from meditok.ar.codes import write_code_shards
     from meditok.ar.train import train
-    from meditok.data import write_code_shards
 
     root = assets["root"]
     codes = assets["codes"].reshape(8, *assets["grid"]).numpy()

@@ -12,8 +12,9 @@ import meditok.ar.cli
 
 
 def test_pretokenize_sharded_and_resumable(assets, tmp_path):
+    from meditok.ar.codes import CodesDataset
     from meditok.ar.pretokenize import pretokenize
-    from meditok.data import CodesDataset, Preprocess, read_manifest, write_manifest
+    from meditok.data import Preprocess, read_manifest, write_manifest
     from meditok.data.samples import sample_paths
 
     paths = (sample_paths("xray") + sample_paths("ct"))[:5]
@@ -38,8 +39,8 @@ def test_pretokenize_sharded_and_resumable(assets, tmp_path):
 
 
 def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
+    from meditok.ar.codes import write_code_shards
     from meditok.ar.model import MedITokAR
-    from meditok.data import write_code_shards
 
     codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
     write_code_shards([(codes, {"source": f"x{i}", "caption": f"chest {i}"}) for i in range(2)], tmp_path / "codes")

@@ -12,7 +12,6 @@ from conftest import dicom_file
 from torch.utils.data import DataLoader
 
 from meditok.data import (
-    CodesDataset,
     ImageDataset,
     ImageTextDataset,
     ManifestRow,
@@ -20,7 +19,6 @@ from meditok.data import (
     Preprocess,
     ResumableLoader,
     load_row,
-    write_code_shards,
     write_shards,
 )
 from meditok.data.samples import dermoscopy_patches
@@ -179,25 +177,3 @@ def test_shard_writer_resumes_after_interruption(rows: list[ManifestRow], tmp_pa
         ImageDataset(out)
     index = write_shards(rows, out, shard_size=5, resume=True, progress=False)
     assert [(p.name, p.read_bytes()) for p in index.paths()] == complete
-
-
-def test_codes_dataset(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    items = [(rng.integers(0, 4096, size=(8, 4, 4)), {"modality": "ct", "caption": f"c{i}"}) for i in range(10)]
-    write_code_shards(items, tmp_path / "codes", shard_size=3)
-    flat = {s["caption"]: s for s in CodesDataset(tmp_path / "codes", shuffle=False)}
-    assert len(flat) == 10
-    sample = flat["c4"]
-    assert sample["codes"].dtype == torch.int64 and sample["codes"].shape == (8, 16)
-    assert torch.equal(sample["codes"], torch.from_numpy(items[4][0].reshape(8, 16)))
-    grid = next(iter(CodesDataset(tmp_path / "codes", grid=True, shuffle=False)))
-    assert grid["codes"].shape == (8, 4, 4)
-    batch = next(iter(DataLoader(CodesDataset(tmp_path / "codes"), batch_size=4)))
-    assert batch["codes"].shape == (4, 8, 16)
-    with pytest.raises(MedicalImageError, match=r"codes of shape \(4, 16\): expected \[8, h\*w\]"):
-        write_code_shards([(np.zeros((4, 16)), {})], tmp_path / "bad")
-    with pytest.raises(MedicalImageError, match="outside"):
-        write_code_shards([(np.full((8, 4), 4096), {})], tmp_path / "bad2")
-    with pytest.raises(MedicalImageError, match="holds images, not codes"):
-        write_shards([ManifestRow(str(dicom_file("CT_small.dcm")), "ct")], tmp_path / "img", progress=False)
-        CodesDataset(tmp_path / "img")

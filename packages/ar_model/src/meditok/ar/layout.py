@@ -32,9 +32,12 @@ from typing import Any
 import numpy as np
 
 LAYOUT_VERSION = 1
+# MedITokConfig's code layout (meditok.tokenizer.config), restated because importing the tokenizer package imports
+# torch; tests/test_codes.py checks that they agree.
 NUM_CODEBOOKS = 8
 CODEBOOK_SIZE = 4096
-DEFAULT_MAX_GRID = 64  # 1024 px at 16 px per position
+PATCH_SIZE = 16  # pixels per grid position
+DEFAULT_MAX_GRID = 64  # 1024 px at PATCH_SIZE px per position
 CONFIG_KEY = "meditok_ar"  # the key of the layout dictionary inside the model's config.json
 ARCHITECTURE = "MedITokARForCausalLM"
 SPECIAL_TOKENS = ("<image>", "<boi>", "<eoi>")

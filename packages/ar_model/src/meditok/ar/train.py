@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from meditok.ar.codes import load_code_table
 from meditok.ar.layout import CONFIG_KEY
 from meditok.ar.sequences import RecordSampler, collate
 from meditok.data.distributed import launched, rank_and_world_size, start_deepspeed
@@ -69,40 +70,19 @@ def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, dict[st
     return merged
 
 
-def load_code_table(codes_dir: str | os.PathLike) -> dict[str, tuple[torch.Tensor, tuple[int, int], dict[str, Any]]]:
-    """{source key: (codes [8, h*w], (h, w), metadata)} of a codes shard folder (reads every shard once)."""
-    import io
-
-    import numpy as np
-
-    from meditok.data import ShardIndex
-    from meditok.data.shards import iter_shard
-
-    table = {}
-    for path in ShardIndex.load(codes_dir).paths():
-        for raw in iter_shard(path):
-            meta = json.loads(raw["json"])
-            codes = torch.from_numpy(np.load(io.BytesIO(raw["npy"]), allow_pickle=False).astype(np.int64))
-            grid = tuple(meta["grid"]) if meta.get("grid") else None
-            table[meta.get("source", raw["__key__"])] = (codes, grid, meta)
-    return table
-
-
 def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     table = load_code_table(data["codes"]) if data["codes"] else {}
     if data["codes"] and not data["records"]:  # caption -> image from every code entry
-        for codes, grid, meta in table.values():
-            from meditok.data import template_caption
-
-            prompt = meta.get("caption") or template_caption(meta.get("modality", "other"))
-            records.append({"type": "generation", "prompt": prompt, "codes": codes, "grid": grid})
+        for entry in table.values():
+            codes, grid = entry["codes"], entry["grid"] or None
+            records.append({"type": "generation", "prompt": entry["caption"], "codes": codes, "grid": grid})
         return records
 
-    def lookup(key: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    def lookup(key: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
         if key not in table:
             raise KeyError(f"image {key!r} is not in the codes folder {data['codes']} ({len(table)} entries)")
-        return table[key][0], table[key][1]
+        return table[key]["codes"], table[key]["grid"] or None
 
     for n, line in enumerate(Path(data["records"]).read_text().splitlines(), start=1):
         if not line.strip():

@@ -1,4 +1,4 @@
-"""Streaming datasets for the tokenizer (stage 1: images; stage 2: image–text pairs) and the AR model (codes).
+"""Streaming datasets for the tokenizer (stage 1: images; stage 2: image–text pairs), on a base other formats reuse.
 
 Every dataset is a torch `IterableDataset` over *units* (manifest rows, or shards of a shard directory). Per epoch
 the units are permuted with ``seed + epoch`` (identical on every rank) and dealt round-robin to the
@@ -6,14 +6,16 @@ the units are permuted with ``seed + epoch`` (identical on every rank) and dealt
 
 Samples carry ``_stream`` (global worker id) and ``_position`` (index in that stream); `ResumableLoader` records
 them from the batches the training loop has actually received, and `load_state_dict` makes each stream skip what
-was consumed. Resuming needs the same seed, epoch, world size and number of workers.
+was consumed. Resuming needs the same seed, epoch, world size and number of workers. `StreamDataset` is that
+machinery for any sample format (meditok-ar's ``CodesDataset`` is one): a subclass yields ``(position, sample)``
+from `StreamDataset.samples`, usually through `StreamDataset.shard_samples`.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,7 @@ from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage
 from meditok.data.manifest import ManifestRow, load_row, read_manifest
 from meditok.data.modality import template_caption
-from meditok.data.shards import (
-    CODEBOOK_SIZE,
-    INDEX_NAME,
-    NUM_CODEBOOKS,
-    ShardIndex,
-    decode_image_sample,
-    iter_shard,
-    validate_codes,
-)
+from meditok.data.shards import ShardIndex, decode_image_sample, iter_shard
 from meditok.data.transforms import Preprocess
 
 log = logging.getLogger("meditok.data")
@@ -77,8 +71,8 @@ class _SkipCounter:
         self._skipped.value = 0
 
 
-class _StreamDataset(IterableDataset):
-    """Shared partitioning, shuffling, skip accounting and resume logic."""
+class StreamDataset(IterableDataset):
+    """Shared partitioning, shuffling, skip accounting and resume logic; subclasses implement `samples`."""
 
     def __init__(
         self,
@@ -146,19 +140,64 @@ class _StreamDataset(IterableDataset):
             raise error
         self._counter.skip(error, self.skip_log)
 
-    def _samples(self, stream: int, streams: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def samples(self, stream: int, streams: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position, sample) of stream ``stream`` of ``streams``, leaving out the first ``skip`` (already consumed)."""
         raise NotImplementedError
+
+    def shard_samples(
+        self,
+        index: ShardIndex,
+        stream: int,
+        streams: int,
+        skip: int,
+        decode: Callable[[dict[str, Any], str, int], dict[str, Any]],
+        shuffle_within: bool = False,
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """`samples` of a shard directory: this stream's shards (permuted per epoch), ``decode(raw, where,
+        position)`` per raw sample; unreadable shards and samples are counted and skipped (raised when strict)."""
+        shard_order = self._unit_order(len(index.shards))[stream::streams]
+        position = 0
+        for shard_index in shard_order:
+            shard = index.shards[int(shard_index)]
+            count = int(shard["count"])
+            if position + count <= skip:  # whole shard already consumed: do not even open it
+                position += count
+                continue
+            path = index.directory / shard["name"]
+            try:
+                raw = list(iter_shard(path))
+            except MedicalImageError as error:
+                self._counter.attempt()
+                self._handle_error(error, str(path))
+                position += count
+                continue
+            if shuffle_within and self.shuffle:
+                permutation = np.random.default_rng([self.seed, self.epoch, int(shard_index)]).permutation(len(raw))
+                raw = [raw[i] for i in permutation]
+            for sample_raw in raw:
+                current = position
+                position += 1
+                if current < skip:
+                    continue
+                self._counter.attempt()
+                where = f"{path}:{sample_raw.get('__key__')}"
+                try:
+                    sample = decode(sample_raw, where, current)
+                except Exception as error:  # noqa: BLE001 - lenient mode must survive any single bad sample
+                    self._handle_error(error, where)
+                    continue
+                yield current, sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream, streams = self._stream_id()
         skip = self._consumed.get(stream, 0)
-        for position, sample in self._samples(stream, streams, skip):
+        for position, sample in self.samples(stream, streams, skip):
             sample["_stream"] = stream
             sample["_position"] = position
             yield sample
 
 
-class _ImageStream(_StreamDataset):
+class _ImageStream(StreamDataset):
     """Images from a manifest (rows) or a shard directory, preprocessed to [3, H, W] in [-1, 1]."""
 
     with_caption = False
@@ -195,7 +234,7 @@ class _ImageStream(_StreamDataset):
             sample["caption"] = caption or template_caption(image.modality)
         return sample
 
-    def _samples(self, stream: int, streams: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def samples(self, stream: int, streams: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.rows is not None:
             order = self._unit_order(len(self.rows))[stream::streams]
             for position, row_index in enumerate(order):
@@ -211,38 +250,12 @@ class _ImageStream(_StreamDataset):
                 yield position, sample
             return
         assert self.shards is not None
-        shard_order = self._unit_order(len(self.shards.shards))[stream::streams]
-        position = 0
-        for shard_index in shard_order:
-            shard = self.shards.shards[int(shard_index)]
-            count = int(shard["count"])
-            if position + count <= skip:  # whole shard already consumed: do not even open it
-                position += count
-                continue
-            path = self.shards.directory / shard["name"]
-            try:
-                raw = list(iter_shard(path))
-            except MedicalImageError as error:
-                self._counter.attempt()
-                self._handle_error(error, str(path))
-                position += count
-                continue
-            if self.shuffle:
-                permutation = np.random.default_rng([self.seed, self.epoch, int(shard_index)]).permutation(len(raw))
-                raw = [raw[i] for i in permutation]
-            for sample_raw in raw:
-                current = position
-                position += 1
-                if current < skip:
-                    continue
-                self._counter.attempt()
-                try:
-                    image, meta = decode_image_sample(sample_raw)
-                    sample = self._make_sample(image, meta["source"], meta.get("caption"), stream, current)
-                except Exception as error:  # noqa: BLE001
-                    self._handle_error(error, f"{path}:{sample_raw.get('__key__')}")
-                    continue
-                yield current, sample
+
+        def decode(raw: dict[str, Any], where: str, position: int) -> dict[str, Any]:
+            image, meta = decode_image_sample(raw)
+            return self._make_sample(image, meta["source"], meta.get("caption"), stream, position)
+
+        yield from self.shard_samples(self.shards, stream, streams, skip, decode, shuffle_within=True)
 
 
 class ImageDataset(_ImageStream):
@@ -258,71 +271,6 @@ class ImageTextDataset(_ImageStream):
     with_caption = True
 
 
-class CodesDataset(_StreamDataset):
-    """Pre-tokenised codes for AR training → {"codes": int64 [8, h*w] (or [8, h, w] with ``grid=True``), metadata}."""
-
-    def __init__(
-        self,
-        source: str | Path,
-        *,
-        grid: bool = False,
-        num_codebooks: int = NUM_CODEBOOKS,
-        codebook_size: int = CODEBOOK_SIZE,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.shards = ShardIndex.load(source)
-        if self.shards.kind != "codes":
-            raise MedicalImageError(Path(source) / INDEX_NAME, f"holds {self.shards.kind}, not codes")
-        self.grid = grid
-        self.num_codebooks = num_codebooks
-        self.codebook_size = codebook_size
-
-    def __len__(self) -> int:
-        return self.shards.total
-
-    def _decode(self, raw: dict[str, Any], where: str) -> dict[str, Any]:
-        import io
-        import json
-
-        meta = json.loads(raw["json"])
-        codes = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
-        validate_codes(codes, where, self.num_codebooks, self.codebook_size)
-        tensor = torch.from_numpy(codes.astype(np.int64))
-        if self.grid:
-            grid = meta.get("grid")
-            if not grid:
-                raise MedicalImageError(where, "no grid size stored: cannot return [8, h, w]")
-            tensor = tensor.reshape(tensor.shape[0], *grid)
-        return {
-            "codes": tensor,
-            "key": raw["__key__"],
-            "modality": meta.get("modality", "other"),
-            "caption": meta.get("caption") or template_caption(meta.get("modality", "other")),
-        }
-
-    def _samples(self, stream: int, streams: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        position = 0
-        for shard_index in self._unit_order(len(self.shards.shards))[stream::streams]:
-            shard = self.shards.shards[int(shard_index)]
-            if position + int(shard["count"]) <= skip:
-                position += int(shard["count"])
-                continue
-            path = self.shards.directory / shard["name"]
-            for raw in iter_shard(path):
-                current = position
-                position += 1
-                if current < skip:
-                    continue
-                self._counter.attempt()
-                try:
-                    sample = self._decode(raw, f"{path}:{raw['__key__']}")
-                except Exception as error:  # noqa: BLE001
-                    self._handle_error(error, f"{path}:{raw.get('__key__')}")
-                    continue
-                yield current, sample
-
-
 class ResumableLoader:
     """A DataLoader that remembers, from the batches it has handed out, where every stream stands.
 
@@ -331,7 +279,7 @@ class ResumableLoader:
     >>> loader.load_state_dict(checkpoint["data"])   # after a restart: continues mid-epoch
     """
 
-    def __init__(self, dataset: _StreamDataset, **loader_kwargs: Any) -> None:
+    def __init__(self, dataset: StreamDataset, **loader_kwargs: Any) -> None:
         self.dataset = dataset
         self.loader_kwargs = loader_kwargs
         self._consumed: dict[int, int] = {}

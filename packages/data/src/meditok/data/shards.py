@@ -1,9 +1,10 @@
-"""WebDataset tar shards of decoded medical images (and of pre-tokenised codes).
+"""WebDataset tar shards of decoded medical images, and the shard machinery other formats reuse.
 
 Shards hold pixels in physical units, not the source files: a CT slice stays HU (16-bit PNG with an offset), so
 windowing and augmentation still happen at training time, and DICOM/NIfTI parsing happens once. Each shard directory
 has an ``index.json`` with per-shard sample counts; readers use it to split shards across ranks and workers and to
-resume mid-epoch without reading what was already consumed.
+resume mid-epoch without reading what was already consumed. Other sample formats (meditok-ar's code shards,
+``meditok.ar.codes``) reuse `ShardIndex`, `ShardSink` and `iter_shard` with their own ``kind``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ log = logging.getLogger("meditok.data")
 INDEX_NAME = "index.json"
 PARTIAL_INDEX_NAME = "index.partial.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
-NUM_CODEBOOKS = 8
-CODEBOOK_SIZE = 4096
 
 
 @dataclass
@@ -40,7 +39,7 @@ class ShardIndex:
 
     directory: Path
     shards: list[dict[str, Any]]  # {"name": ..., "count": ...}
-    kind: str  # "images" or "codes"
+    kind: str  # "images", or another format's name (meditok-ar: "codes")
     skipped: int = 0
     attempted: int = 0
 
@@ -69,6 +68,13 @@ class ShardIndex:
             )
         except (json.JSONDecodeError, KeyError) as exc:
             raise MedicalImageError(index_path, f"corrupt shard index ({exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shards": self.shards, "skipped": self.skipped, "attempted": self.attempted}
+
+    def save(self, name: str = INDEX_NAME, **extra: Any) -> Path:
+        """Write the table of contents (atomically) as ``directory/name``; shard names are relative to it."""
+        return write_text_atomic(self.directory / name, json.dumps({**self.to_dict(), **extra}, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -166,8 +172,11 @@ def decode_image_sample(sample: dict[str, Any]) -> tuple[MedicalImage, dict[str,
 # ------------------------------------------------------------------------------------------------ writing
 
 
-class _ShardSink:
-    """Writes numbered shards atomically (a temporary file, then one rename) and records the progress after each one."""
+class ShardSink:
+    """Writes numbered shards atomically (a temporary file, then one rename) and records the progress after each one.
+
+    ``write(sample)`` adds a WebDataset sample ({"__key__", extension: bytes, ...}); ``row_finished`` counts an input
+    row (written or skipped); ``finish()`` closes the last shard and writes ``index.json`` of the given ``kind``."""
 
     def __init__(self, out_dir: Path, shard_size: int, kind: str, resume: bool) -> None:
         from webdataset import TarWriter
@@ -228,19 +237,19 @@ class _ShardSink:
         self.shards.append({"name": name, "count": self._count})
         self.rows_done += self._rows_in_shard
         self._writer, self._count, self._rows_in_shard = None, 0, 0
-        self._save(PARTIAL_INDEX_NAME, rows_done=self.rows_done)
+        self._index().save(PARTIAL_INDEX_NAME, rows_done=self.rows_done)
 
-    def _save(self, name: str, **extra: Any) -> None:
-        data = {"kind": self.kind, "shards": self.shards, "skipped": self.skipped, "attempted": self.attempted, **extra}
-        write_text_atomic(self.out_dir / name, json.dumps(data, indent=1))
+    def _index(self) -> ShardIndex:
+        return ShardIndex(self.out_dir, self.shards, self.kind, self.skipped, self.attempted)
 
     def finish(self) -> ShardIndex:
         if self._writer is not None:
             self.close_shard()
         self.rows_done += self._rows_in_shard  # trailing skipped rows
-        self._save(INDEX_NAME)
+        index = self._index()
+        index.save()
         (self.out_dir / PARTIAL_INDEX_NAME).unlink(missing_ok=True)
-        return ShardIndex(self.out_dir, self.shards, self.kind, self.skipped, self.attempted)
+        return index
 
 
 def write_shards(
@@ -265,7 +274,7 @@ def write_shards(
         raise ValueError("shard_size must be at least 1")
     rows = list(rows)
     stats = stats if stats is not None else ScanStats()
-    sink = _ShardSink(Path(out_dir), shard_size, "images", resume)
+    sink = ShardSink(Path(out_dir), shard_size, "images", resume)
     start = sink.rows_done
     stats.attempted, stats.skipped = sink.attempted, sink.skipped
     for row in tqdm(rows[start:], desc="shard", unit="img", initial=start, total=len(rows), disable=not progress):
@@ -281,41 +290,6 @@ def write_shards(
         sink.write(encode_image_sample(f"{sink.next_key_number:09d}", row, image))
         sink.row_finished(skipped=False)
     return sink.finish()
-
-
-def write_code_shards(
-    items: Iterable[tuple[np.ndarray, dict[str, Any]]],
-    out_dir: str | Path,
-    *,
-    shard_size: int = 10000,
-    num_codebooks: int = NUM_CODEBOOKS,
-    codebook_size: int = CODEBOOK_SIZE,
-) -> ShardIndex:
-    """Store tokenizer codes ([num_codebooks, h, w] or [num_codebooks, h*w] integers) with their metadata."""
-    sink = _ShardSink(Path(out_dir), shard_size, "codes", resume=False)
-    for codes, meta in items:
-        codes = np.asarray(codes)
-        key = f"{sink.next_key_number:09d}"
-        validate_codes(codes, key, num_codebooks, codebook_size)
-        grid = list(codes.shape[1:]) if codes.ndim == 3 else meta.get("grid")
-        buffer = io.BytesIO()
-        np.save(buffer, codes.reshape(codes.shape[0], -1).astype(np.uint16), allow_pickle=False)
-        sink.write({"__key__": key, "npy": buffer.getvalue(), "json": json.dumps({**meta, "grid": grid}).encode()})
-        sink.row_finished(skipped=False)
-    return sink.finish()
-
-
-def validate_codes(
-    codes: np.ndarray, where: str, num_codebooks: int = NUM_CODEBOOKS, codebook_size: int = CODEBOOK_SIZE
-) -> None:
-    if codes.ndim not in (2, 3) or codes.shape[0] != num_codebooks:
-        raise MedicalImageError(
-            where, f"codes of shape {tuple(codes.shape)}: expected [{num_codebooks}, h*w] or [{num_codebooks}, h, w]"
-        )
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
-        raise MedicalImageError(
-            where, f"codes outside [0, {codebook_size}): min {int(codes.min())}, max {int(codes.max())}"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ reading

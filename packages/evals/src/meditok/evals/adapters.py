@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from meditok.evals.errors import EvalError
+from meditok.tokenizer.preprocessing import quantize_uint8
 
 
 @runtime_checkable
@@ -59,7 +60,8 @@ class MedITokAdapter:
 
     def bits_per_image(self, height: int, width: int) -> int:
         cfg = self.tok.config
-        return (height // 16) * (width // 16) * cfg.num_codebooks * math.ceil(math.log2(cfg.codebook_size))
+        positions = (height // cfg.patch_size) * (width // cfg.patch_size)
+        return positions * cfg.num_codebooks * math.ceil(math.log2(cfg.codebook_size))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.tok.features(x) if self.feature == "features" else self.tok.embed_image(x)
@@ -85,7 +87,7 @@ class DownsampleBaseline:
     def encode(self, x: torch.Tensor) -> dict:
         h, w = self._side(*x.shape[-2:])
         small = F.interpolate(x.float(), size=(h, w), mode="area")
-        return {"pixels": ((small.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), "size": tuple(x.shape[-2:])}
+        return {"pixels": quantize_uint8(small), "size": tuple(x.shape[-2:])}
 
     def decode(self, codes: dict) -> torch.Tensor:
         small = codes["pixels"].float() / 127.5 - 1

@@ -394,7 +394,7 @@ class MedITokModel(nn.Module):
 
     def forward(self, x: torch.Tensor, decode_batch: int | None = None) -> dict[str, torch.Tensor]:
         """Training forward: reconstruction of the first `decode_batch` images, VQ loss, usage and the embedding."""
-        grid = (x.shape[-2] // 16, x.shape[-1] // 16)
+        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         z_q, vq_loss, usage = self.quantizer(self._latents(x))
         tokens = self.post_quant_proj(z_q)
         recon = self._decode_tokens(tokens[:decode_batch], grid)

@@ -81,16 +81,16 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     import torch
     from transformers import AutoTokenizer
 
-    from meditok.ar.layout import TokenLayout, token_ids_to_codes
+    from meditok.ar.layout import PATCH_SIZE, TokenLayout, token_ids_to_codes
     from meditok.ar.sequences import SequenceBuilder
     from meditok.ar.vllm_plugin.guided_pair import GuidedPair, shared_seed
     from meditok.tokenizer import MedITok
     from meditok.tokenizer.preprocessing import to_pil
 
     height, width = size
-    if height % 16 or width % 16 or height <= 0 or width <= 0:
-        raise ValueError(f"image size {height}x{width} must be positive multiples of 16")
-    grid = (height // 16, width // 16)
+    if height % PATCH_SIZE or width % PATCH_SIZE or height <= 0 or width <= 0:
+        raise ValueError(f"image size {height}x{width} must be positive multiples of {PATCH_SIZE}")
+    grid = (height // PATCH_SIZE, width // PATCH_SIZE)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     layout = TokenLayout.from_config(config)
     builder = SequenceBuilder(layout, AutoTokenizer.from_pretrained(model_dir))
@@ -98,7 +98,7 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     base = server.rstrip("/")
     models = requests.get(f"{base}/v1/models", timeout=30)
     models.raise_for_status()
-    n_codes = 8 * grid[0] * grid[1]
+    n_codes = layout.num_codebooks * grid[0] * grid[1]
     xargs: dict[str, Any] = {"image_height": height, "image_width": width}
     body: dict[str, Any] = {
         "model": models.json()["data"][0]["id"],

@@ -102,9 +102,10 @@ class ImagesEndpoint:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         layout, builder, tok = self.assets()
-        grid = (height // 16, width // 16)
+        patch = tok.config.patch_size
+        grid = (height // patch, width // patch)
         if max(grid) > layout.max_grid:
-            raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * 16} pixels")
+            raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * patch} pixels")
         ids = builder.generation_prompt(prompt, grid)
         n_codes = layout.num_codebooks * grid[0] * grid[1]
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, ImageConstraint, TokenLayout
+from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, PATCH_SIZE, ImageConstraint, TokenLayout
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
         height, width = extra.get("image_height"), extra.get("image_width")
     out = []
     for name, value in (("image_height", height), ("image_width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 16:
-            raise ValueError(f"vllm_xargs.{name} must be a positive multiple of 16 pixels, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % PATCH_SIZE:
+            raise ValueError(f"vllm_xargs.{name} must be a positive multiple of {PATCH_SIZE} pixels, got {value!r}")
         limit = _served_max_grid or DEFAULT_MAX_GRID
-        if value // 16 > limit:
-            raise ValueError(f"vllm_xargs.{name}={value} exceeds this model's {limit * 16} pixels")
+        if value // PATCH_SIZE > limit:
+            raise ValueError(f"vllm_xargs.{name}={value} exceeds this model's {limit * PATCH_SIZE} pixels")
         out.append(value)
     return out[0], out[1]
 
@@ -121,7 +121,7 @@ class _RequestLayout:
 
     def __init__(self, layout: TokenLayout, eos: int | None, size: tuple[int, int]) -> None:
         self.layout, self.eos = layout, eos
-        self.grid = (size[0] // 16, size[1] // 16)
+        self.grid = (size[0] // PATCH_SIZE, size[1] // PATCH_SIZE)
         self.servable = max(self.grid) <= layout.max_grid  # beyond it: end at once (never raise inside the engine)
         self.header = (
             [layout.boi_token_id, layout.height_token(self.grid[0]), layout.width_token(self.grid[1])]

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..config import MedITokConfig
+
 
 @dataclass
 class ModelConfig:
@@ -167,8 +169,9 @@ class TrainConfig:
             problems.append(
                 f"run.zero_stage must be 0, 1 or 2 (export reads whole module states), got {self.run.zero_stage}"
             )
-        if self.data.image_size % 16:
-            problems.append(f"data.image_size must be a multiple of 16, got {self.data.image_size}")
+        patch = MedITokConfig().patch_size  # the same for every model config
+        if self.data.image_size % patch:
+            problems.append(f"data.image_size must be a multiple of {patch}, got {self.data.image_size}")
         if self.run.steps < 1:
             problems.append("run.steps must be at least 1")
         if problems:
