@@ -66,8 +66,7 @@ def monkeypatch_module():
 
 def test_processor_turns_an_image_into_its_block(processor, model_dir, xray_png):
     from meditok.ar.layout import codes_to_token_ids
-    from meditok.tokenizer import MedITok
-    from meditok.tokenizer.preprocessing import preprocess
+    from meditok.ar.model import MedITokAR
 
     proc, _ = processor
     layout = TokenLayout.from_config(json.loads((model_dir / "config.json").read_text()))
@@ -75,10 +74,9 @@ def test_processor_turns_an_image_into_its_block(processor, model_dir, xray_png)
     prompt = [1, 50, layout.image_token_id, 60, 61]
     result = proc(prompt, proc.info.parse_mm_data({"image": [picture]}))
     ids = result["prompt_token_ids"]
-    tok = MedITok.from_pretrained(model_dir / "image_tokenizer").eval()
-    with torch.no_grad():
-        codes = tok.encode(preprocess(picture, size=IMAGE_SIZE))[0]
-    block = codes_to_token_ids(codes, layout, (IMAGE_SIZE // 16,) * 2)
+    # expected block from the transformers path (MedITokAR.encode_image + the layout), not the plugin's own code
+    codes, grid = MedITokAR.from_pretrained(model_dir).encode_image(picture, size=IMAGE_SIZE)
+    block = codes_to_token_ids(codes, layout, grid)
     assert ids == [1, 50, *block, 60, 61]
     assert layout.image_token_id not in ids
     decoded, grid = token_ids_to_codes(ids[2:-2], layout)

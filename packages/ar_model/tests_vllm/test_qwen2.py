@@ -4,7 +4,6 @@ it: Qwen2 has q/k/v biases)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -60,12 +59,8 @@ def qwen2_dir(tmp_path_factory, model_dir) -> Path:
 
 
 def test_qwen2_folder_serves_understanding_and_generation(qwen2_dir, xray_png, tmp_path):
-    from PIL import Image
-
     from meditok.ar.generation import generate_image_tokens, generate_text
-    from meditok.ar.layout import token_ids_to_codes
     from meditok.ar.model import MedITokAR
-    from meditok.ar.vllm_plugin.processing import image_to_token_ids
 
     reference = MedITokAR.from_pretrained(qwen2_dir)
     grid = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)
@@ -80,9 +75,10 @@ def test_qwen2_folder_serves_understanding_and_generation(qwen2_dir, xray_png, t
     assert out.returncode == 0, out.stderr[-4000:]
     got = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
-    picture = Image.open(io.BytesIO(xray_png)).convert("RGB")
-    block = image_to_token_ids(picture, reference.image_tokenizer, reference.layout, IMAGE_SIZE)
-    question_prompt = reference.builder.question_prompt(token_ids_to_codes(block, reference.layout)[0], QUESTION, grid)
+    # expected ids from the transformers path alone (encode_image on the bytes the child sent + the prompt builder)
+    codes, image_grid = reference.encode_image(xray_png, size=IMAGE_SIZE)
+    assert image_grid == grid
+    question_prompt = reference.builder.question_prompt(codes, QUESTION, grid)
     assert got["chat_prompt"] == question_prompt
     expected_text = generate_text(reference, question_prompt, max_new_tokens=12, temperature=0.0)
     assert [t for t in got["chat"] if t != reference.builder.eos] == expected_text and expected_text

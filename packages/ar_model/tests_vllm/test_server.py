@@ -99,11 +99,12 @@ def _generate(url: str, prompt_ids: list[int], **extra) -> requests.Response:
     return requests.post(f"{url}/v1/completions", json=body, timeout=120)
 
 
-def _expected_prompt(reference, picture: Image.Image) -> list[int]:
-    from meditok.ar.vllm_plugin.processing import image_to_token_ids
-
-    block = image_to_token_ids(picture, reference.image_tokenizer, reference.layout, IMAGE_SIZE)
-    return reference.builder.question_prompt(token_ids_to_codes(block, reference.layout)[0], QUESTION, GRID)
+def _expected_prompt(reference, image: bytes) -> list[int]:
+    """The transformers path's prompt for the bytes the client sent: `MedITokAR.encode_image` + its prompt builder
+    (nothing from the plugin, so the server is checked against an independent door)."""
+    codes, grid = reference.encode_image(image, size=IMAGE_SIZE)
+    assert grid == GRID
+    return reference.builder.question_prompt(codes, QUESTION, grid)
 
 
 def test_chat_with_a_real_xray_png(server, reference, xray_png):
@@ -113,24 +114,20 @@ def test_chat_with_a_real_xray_png(server, reference, xray_png):
     choice = data["choices"][0]
     assert isinstance(choice["message"]["content"], str) and data["usage"]["completion_tokens"] >= 1
     # the chat template + processor give exactly the transformers path's prompt (image block in place of <image>)
-    picture = Image.open(io.BytesIO(xray_png)).convert("RGB")
-    assert data["prompt_token_ids"] == _expected_prompt(reference, picture)
+    assert data["prompt_token_ids"] == _expected_prompt(reference, xray_png)
 
 
 def test_chat_with_dicom_bytes(server, reference, xray_dicom):
-    from meditok.ar.vllm_plugin.media import dicom_to_pil
-
     data = xray_dicom.read_bytes()
     response = _chat(server["url"], [data_url(data, "application/dicom")])
     assert response.status_code == 200, response.text
-    assert response.json()["prompt_token_ids"] == _expected_prompt(reference, dicom_to_pil(data))
+    assert response.json()["prompt_token_ids"] == _expected_prompt(reference, data)
 
 
 def test_greedy_text_equals_transformers(server, reference, xray_png):
     from meditok.ar.generation import generate_text
 
-    picture = Image.open(io.BytesIO(xray_png)).convert("RGB")
-    prompt = _expected_prompt(reference, picture)
+    prompt = _expected_prompt(reference, xray_png)
     expected = generate_text(reference, prompt, max_new_tokens=12, temperature=0.0)
     body = {"model": "meditok", "prompt": prompt, "max_tokens": 12, "temperature": 0, "return_token_ids": True,
             "allowed_token_ids": list(range(reference.layout.text_vocab_size))}  # fmt: skip
