@@ -30,7 +30,7 @@ from tokenizer_speed import machine, update_section  # noqa: E402
 
 def build(root: Path, shape: str):
     from meditok.ar.model import MedITokAR
-    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
+    from meditok.ar.testing import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.tokenizer import MedITok
 
     text_tok = train_text_tokenizer(report_texts(iu_xray_reports()), root / f"text_tok_{shape}", vocab_size=1000)

@@ -4,7 +4,7 @@
     python benchmarks/vllm_generation.py --repeats 1        # tiny, small, medium; CFG for tiny and small (~15 min)
     python benchmarks/vllm_generation.py --shapes tiny --size 128 --no-write     # ~2 min
 
-Models are built as the tests build them (meditok.ar.tiny: a BPE text tokenizer trained on the IU X-ray reports, a
+Models are built as the tests build them (meditok.ar.testing: a BPE text tokenizer trained on the IU X-ray reports, a
 randomly initialised Llama of the given shape, a tiny MedITok), extended and merged into one folder that both paths
 load. Each path runs in its own fresh process, one after the other (never concurrently), on the same prompts:
 8 image requests of `--size` px (8*(size/16)^2 code tokens + <eoi> each), temperature 1, layout enforced at every
@@ -48,7 +48,7 @@ CFG_SCALE = 3.0
 
 def build(root: Path, shape: str) -> Path:
     from meditok.ar.model import MedITokAR
-    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
+    from meditok.ar.testing import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.tokenizer import MedITok
 
     base, overrides = SHAPES[shape]

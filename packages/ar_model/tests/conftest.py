@@ -21,7 +21,7 @@ def assets(tmp_path_factory):
 
     import torch
 
-    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
+    from meditok.ar.testing import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.data import Preprocess, read_image
     from meditok.data.samples import sample_paths
     from meditok.tokenizer import MedITok

