@@ -60,7 +60,7 @@ SECTION = "## meditok-tokenizer quality run"
 
 def prepare(work: Path) -> dict:
     from meditok.data.samples import assemble_samples
-    from meditok.tokenizer.training import make_standins
+    from meditok.tokenizer.training.testing import make_standins
 
     samples = work / "samples"
     if not (samples / "manifest.jsonl").exists():

@@ -67,7 +67,7 @@ def prepare(root: Path, standins: bool) -> dict[str, str]:
     )
     assets = {"shards": str(root / "shards")}
     if standins:
-        from meditok.tokenizer.training import make_standins
+        from meditok.tokenizer.training.testing import make_standins
 
         assets.update(make_standins(root / "aux"))
     return assets

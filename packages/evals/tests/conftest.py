@@ -57,7 +57,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> dict[str, str]:
-    from meditok.tokenizer.training.aux_models import make_standins
+    from meditok.tokenizer.training.testing import make_standins
 
     return make_standins(tmp_path_factory.mktemp("standins"), seed=0, lpips_divisor=8)
 

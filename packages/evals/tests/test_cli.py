@@ -230,8 +230,7 @@ def test_zeroshot_end_to_end(tmp_path, three_per_modality, tiny_weights, standin
 
 
 def test_zeroshot_rejects_a_text_tower_of_the_wrong_width(tmp_path, three_per_modality, tiny_weights, capsys):
-    from meditok.tokenizer.training.aux_models import save_aux
-    from meditok.tokenizer.training.nets import TextConfig, TextTower
+    from meditok.tokenizer.auxiliary import TextConfig, TextTower, save_aux
 
     tower = save_aux(TextTower(TextConfig(output_dim=32)), tmp_path / "tower32")
     assert (

@@ -26,7 +26,7 @@ SCALE = 20.0
 @pytest.fixture(scope="module")
 def hf_tower(tmp_path_factory) -> dict:
     require(__import__("importlib").util.find_spec("transformers") is not None, "transformers is not installed")
-    from meditok.tokenizer.training.aux_models import make_hf_text_standin
+    from meditok.tokenizer.training.testing import make_hf_text_standin
 
     return make_hf_text_standin(tmp_path_factory.mktemp("hf") / "biomedclip-text")
 
@@ -88,7 +88,7 @@ def _by_hand(release, hf_tower, manifest) -> tuple[torch.Tensor, np.ndarray]:
     release's embed_image; and the integer targets."""
     from meditok.evals.data import load_eval_set
     from meditok.tokenizer import MedITok
-    from meditok.tokenizer.training.aux_models import load_text_tower
+    from meditok.tokenizer.auxiliary import load_text_tower
 
     t = release["teacher"]
     tower = load_text_tower(t["path"], "hf_bert", checkpoint=t["checkpoint"], context_length=t["context_length"])

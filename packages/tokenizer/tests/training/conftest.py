@@ -8,8 +8,7 @@ from train_helpers import venv_tool
 def assets(tmp_path_factory):
     """Real offline samples, pre-decoded into shards (small side 96), plus random stand-ins for the aux nets."""
     from meditok.data.samples import assemble_samples
-    from meditok.tokenizer.training import make_standins
-    from meditok.tokenizer.training.aux_models import make_hf_text_standin
+    from meditok.tokenizer.training.testing import make_hf_text_standin, make_standins
 
     root = tmp_path_factory.mktemp("assets")
     assemble_samples(root / "samples")

@@ -18,16 +18,14 @@ from safetensors.torch import load_file
 from train_helpers import overrides, run_train, venv_tool
 
 from meditok.tokenizer import MedITok
-from meditok.tokenizer.training.aux_models import load_text_tower
+from meditok.tokenizer.auxiliary import TextAlignmentError, load_text_alignment, load_text_tower
 from meditok.tokenizer.training.export import (
     ADAPTER_KEYS,
     GENERATOR_STATES,
     STATE_FILE,
     TEXT_ALIGNMENT_CONFIG,
     TEXT_ALIGNMENT_WEIGHTS,
-    TextAlignmentError,
     export_checkpoint,
-    load_text_alignment,
 )
 
 

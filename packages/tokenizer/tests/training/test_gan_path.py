@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from train_helpers import CONFIGS
 
+from meditok.tokenizer.auxiliary import ViT, ViTConfig
+from meditok.tokenizer.training.discriminator import DinoDiscriminator
 from meditok.tokenizer.training.losses import (
     DiffAug,
     adaptive_weight,
@@ -22,7 +24,6 @@ from meditok.tokenizer.training.losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
-from meditok.tokenizer.training.nets import DinoDiscriminator, ViT, ViTConfig
 
 
 def _loop_translate(x, translation=0.125):

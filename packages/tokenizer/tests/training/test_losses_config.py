@@ -5,11 +5,10 @@ import torch
 from torch import nn
 from train_helpers import CONFIGS
 
+from meditok.tokenizer.auxiliary import VGG16LPIPS, ViT, ViTConfig, load_lpips, load_vision_teacher, save_aux
 from meditok.tokenizer.training import AuxModelError, load_config, lr_factor, param_groups
-from meditok.tokenizer.training.aux_models import load_lpips, load_vision_teacher, save_aux
 from meditok.tokenizer.training.config import TrainConfig
 from meditok.tokenizer.training.losses import adaptive_weight, clip_loss, disc_schedules, hinge_d_loss
-from meditok.tokenizer.training.nets import VGG16LPIPS, ViT, ViTConfig
 
 
 def test_yaml_and_overrides_typed():
@@ -88,7 +87,7 @@ def test_adaptive_weight_by_hand():
 
 
 def test_lpips_is_zero_on_identical_and_positive_otherwise(tmp_path):
-    from meditok.tokenizer.training.aux_models import _nonnegative_heads
+    from meditok.tokenizer.training.testing import _nonnegative_heads
 
     save_aux(_nonnegative_heads(VGG16LPIPS(16)), tmp_path / "lp")
     net = load_lpips(str(tmp_path / "lp"), 16)

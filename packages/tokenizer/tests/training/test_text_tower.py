@@ -9,8 +9,9 @@ import torch
 import transformers  # in the [train] extra this session installs: missing is an error, not a skip
 from torch import nn
 
+from meditok.tokenizer.auxiliary import OPEN_CLIP_FILE, load_text_tower
 from meditok.tokenizer.training import AuxModelError
-from meditok.tokenizer.training.aux_models import OPEN_CLIP_FILE, load_text_tower, make_hf_text_standin
+from meditok.tokenizer.training.testing import make_hf_text_standin
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 from train_helpers import check_teacher_run, overrides, random_images, run_train, teacher_input
 
+from meditok.tokenizer.auxiliary import load_vision_teacher
 from meditok.tokenizer.training import AuxModelError
-from meditok.tokenizer.training.aux_models import load_vision_teacher
 
 TIMM_NAME = "deit_tiny_patch16_224"  # its timm data config: ImageNet mean/std, so the normalisation is visible
 TIMM_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}

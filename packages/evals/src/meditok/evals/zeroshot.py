@@ -55,10 +55,10 @@ def load_text_tower(spec: str, fmt: str = "meditok", checkpoint: str | None = No
     if fmt not in TEXT_FORMATS:
         raise EvalError(f"unknown text tower format {fmt!r} ({' | '.join(TEXT_FORMATS)})")
     try:
-        from meditok.tokenizer.training.aux_models import AuxModelError
-        from meditok.tokenizer.training.aux_models import load_text_tower as _load
+        from meditok.tokenizer.auxiliary import AuxModelError
+        from meditok.tokenizer.auxiliary import load_text_tower as _load
     except ImportError as exc:
-        raise EvalError(f"loading a meditok text tower needs meditok.tokenizer.training: {exc}") from None
+        raise EvalError(f"loading a meditok text tower needs meditok.tokenizer.auxiliary: {exc}") from None
     kwargs = {"checkpoint": checkpoint}
     if context_length:
         kwargs["context_length"] = int(context_length)
@@ -77,11 +77,11 @@ def resolve_alignment(weights: str | Path, option: str | None):
     if option == "none":
         return None
     try:
-        from meditok.tokenizer.training.export import TextAlignmentError, find_text_alignment, load_text_alignment
+        from meditok.tokenizer.auxiliary import TextAlignmentError, find_text_alignment, load_text_alignment
     except ImportError as exc:
         if option in (None, "auto"):
             return None
-        raise EvalError(f"reading a text alignment needs meditok.tokenizer.training: {exc}") from None
+        raise EvalError(f"reading a text alignment needs meditok.tokenizer.auxiliary: {exc}") from None
     if option in (None, "auto"):
         found = find_text_alignment(weights) if Path(weights).is_dir() else None
         if found is None:

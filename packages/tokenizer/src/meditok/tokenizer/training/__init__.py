@@ -1,6 +1,6 @@
 """Two-stage MedITok training (needs the `train` extra: deepspeed, plus meditok-data from this checkout)."""
 
-from .aux_models import AuxModelError, make_standins, save_aux
+from ..auxiliary import AuxModelError, save_aux
 from .config import TrainConfig, load_config
 from .trainer import Trainer, export_checkpoint, lr_factor, main, param_groups
 
@@ -12,7 +12,6 @@ __all__ = [
     "load_config",
     "lr_factor",
     "main",
-    "make_standins",
     "param_groups",
     "save_aux",
 ]

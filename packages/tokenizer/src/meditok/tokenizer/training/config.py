@@ -67,7 +67,7 @@ class TeacherConfig:
     image_size: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    pooling: str = "auto"  # transformers: auto | pooler | cls (see aux_models.load_vision_teacher)
+    pooling: str = "auto"  # transformers: auto | pooler | cls (see meditok.tokenizer.auxiliary.load_vision_teacher)
 
 
 @dataclass

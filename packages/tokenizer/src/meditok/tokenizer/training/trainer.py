@@ -30,9 +30,10 @@ from torch import nn
 
 from ..api import MedITok
 from ..atomic import write_text_atomic
+from ..auxiliary import AuxModelError, load_lpips, load_text_tower, load_vision_teacher
 from ..config import MedITokConfig, get_config
-from .aux_models import AuxModelError, load_disc_backbone, load_lpips, load_text_tower, load_vision_teacher
 from .config import TrainConfig, steps_from_fraction
+from .discriminator import DinoDiscriminator, load_disc_backbone
 from .export import STATE_FILE, export_checkpoint, read_core_state
 from .losses import (
     DiffAug,
@@ -43,7 +44,6 @@ from .losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
-from .nets import DinoDiscriminator
 
 NO_DECAY_KEYS = ("norm_scale", "bn", "ln", "bias", "logit_scale", "norm")
 
