@@ -7,6 +7,7 @@ import json
 from importlib.metadata import entry_points
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import IMAGE_SIZE
@@ -142,23 +143,27 @@ def test_guidance_params():
         validate(SamplingParams(temperature=1.0, seed=1, n=2, extra_args=pair))
 
 
-def test_dicom_bytes_are_windowed_by_meditok_data(xray_dicom):
-    import numpy as np
-
-    from meditok.ar.vllm_plugin.media import dicom_to_pil, install_dicom_loader, is_dicom
-    from meditok.data import normalize_intensity, read_dicom
-
-    data = xray_dicom.read_bytes()
-    assert is_dicom(data) and not is_dicom(b"\x89PNG" + bytes(200))
-    picture = dicom_to_pil(data)
-    expected = np.clip((normalize_intensity(read_dicom(xray_dicom)) + 1) * 127.5, 0, 255).round().astype(np.uint8)
-    assert np.array_equal(np.asarray(picture)[..., 0], expected)
-    install_dicom_loader()
-    install_dicom_loader()  # idempotent
+def test_medical_bytes_are_accepted_and_kept_for_the_processor(xray_dicom, tmp_path):
+    import pydicom
     from vllm.multimodal.media.image import ImageMediaIO
 
+    from meditok.ar.vllm_plugin.media import install_dicom_loader, is_medical
+    from meditok.data.testing_contract import materialize
+
+    data = xray_dicom.read_bytes()
+    nifti = materialize("mri_nifti_slice", tmp_path).read_bytes()
+    png8 = io.BytesIO()
+    Image.new("L", (8, 8)).save(png8, "PNG")
+    assert is_medical(data) and is_medical(nifti) and not is_medical(png8.getvalue())
+    install_dicom_loader()
+    install_dicom_loader()  # idempotent
     loaded = ImageMediaIO().load_bytes(data)
-    assert np.array_equal(np.asarray(loaded.media), np.asarray(picture))
+    # The 15-bit X-ray reaches the processor as 32-bit float pixels (no 8-bit round trip), as large as the file.
+    ds = pydicom.dcmread(xray_dicom, stop_before_pixels=True)
+    assert loaded.original_bytes == data and loaded.media.mode == "F"
+    assert loaded.media.size == (int(ds.Columns), int(ds.Rows))
+    assert len(np.unique(np.asarray(loaded.media))) > 256
+    assert ImageMediaIO().load_bytes(nifti).media.mode == "L"  # the uint8 MNI template stays 8-bit
     with pytest.raises(ValueError, match="DICOM"):
         ImageMediaIO().load_bytes(data[:400])
 

@@ -21,6 +21,8 @@ from conftest import CAPTION, IMAGE_SIZE, QUESTION, data_url
 from PIL import Image
 
 from meditok.ar.layout import find_image_blocks, token_ids_to_codes
+from meditok.data.testing_contract import CASES as CONTRACT_CASES
+from meditok.data.testing_contract import materialize, reference_input
 
 GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)
 N_CODES = 8 * GRID[0] * GRID[1]
@@ -288,3 +290,16 @@ def test_eight_concurrent_mixed_requests(server, reference, xray_png):
         else:
             assert response.json()["usage"]["completion_tokens"] >= 1
     assert len({tuple(b) for b in blocks}) == 4  # sampled with different seeds: different images
+
+
+@pytest.mark.parametrize("case", CONTRACT_CASES)
+def test_image_contract_server_prompt_ids_equal_the_reference(server, reference, case, tmp_path):
+    """The image-input contract through `vllm serve`: the file's bytes in a data URL (DICOM and NIfTI too) become the
+    prompt ids of the independent reference (pydicom / nibabel / PIL / numpy at the served size), the same ids as
+    `MedITokAR.encode_image(path)` and `meditok-eval vqa --model-path` give."""
+    path = materialize(case, tmp_path)
+    mime = "image/png" if path.suffix == ".png" else "application/octet-stream"
+    response = _chat(server["url"], [data_url(path.read_bytes(), mime)])
+    assert response.status_code == 200, response.text
+    codes = reference.image_tokenizer.encode(reference_input(case, path, size=IMAGE_SIZE))[0]
+    assert response.json()["prompt_token_ids"] == reference.builder.question_prompt(codes, QUESTION, GRID)

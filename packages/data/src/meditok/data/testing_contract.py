@@ -102,15 +102,15 @@ def _percentile_unit(values: np.ndarray) -> np.ndarray:
     return np.clip((values - np.float32(low)) / np.float32(high - low), 0, 1).astype(np.float32)
 
 
-def _lanczos(pixels: np.ndarray) -> np.ndarray:
-    """PIL LANCZOS squash to SIZE x SIZE: 8-bit images as they are, float images channel by channel in mode "F"."""
+def _lanczos(pixels: np.ndarray, size: int) -> np.ndarray:
+    """PIL LANCZOS squash to size x size: 8-bit images as they are, float images channel by channel in mode "F"."""
     from PIL import Image
 
     if pixels.dtype == np.uint8:
-        return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.LANCZOS)).astype(np.float32) / 255
+        return np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS)).astype(np.float32) / 255
     channels = [pixels] if pixels.ndim == 2 else [pixels[..., c] for c in range(3)]
     out = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(c), "F").resize((SIZE, SIZE), Image.LANCZOS)) for c in channels
+        np.asarray(Image.fromarray(np.ascontiguousarray(c), "F").resize((size, size), Image.LANCZOS)) for c in channels
     ]
     return np.clip(out[0] if pixels.ndim == 2 else np.stack(out, 2), 0, 1).astype(np.float32)
 
@@ -153,9 +153,9 @@ def reference_pixels(case: str, path: str | os.PathLike) -> np.ndarray:
     raise KeyError(f"unknown contract case {case!r}")
 
 
-def reference_input(case: str, path: str | os.PathLike) -> torch.Tensor:
-    """The tokenizer input the contract defines for ``case``: [1, 3, SIZE, SIZE] in [-1, 1]."""
-    unit = _lanczos(reference_pixels(case, path))
+def reference_input(case: str, path: str | os.PathLike, size: int = SIZE) -> torch.Tensor:
+    """The tokenizer input the contract defines for ``case``: [1, 3, size, size] in [-1, 1] (default settings)."""
+    unit = _lanczos(reference_pixels(case, path), size)
     tensor = torch.from_numpy(unit)
     tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     return (tensor.unsqueeze(0) * 2 - 1).contiguous()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from meditok.evals.errors import EvalError
+from meditok.tokenizer.preprocessing import RESAMPLERS, RESIZE_POLICIES
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -16,8 +17,14 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if data:
-        p.add_argument("--size", type=int, default=256, help="image side (multiple of 16)")
-        p.add_argument("--resize", default="crop", choices=["crop", "pad", "squash", "shorter"])
+        # Unset image flags keep the tokenizer's recorded image_input (--weights), else the reference's LANCZOS
+        # squash to 256: the same settings as every other door.
+        p.add_argument("--size", type=int, help="image side (multiple of 16)")
+        p.add_argument("--resize", choices=RESIZE_POLICIES)
+        p.add_argument("--resampler", choices=sorted(RESAMPLERS))
+        p.add_argument(
+            "--ct-window", help="CT window preset (common, soft_tissue, lung, bone, full), LOW,HIGH or dicom"
+        )
         p.add_argument("--limit-per-modality", type=int, default=None, help="at most N images per modality")
 
 
@@ -141,9 +148,10 @@ def _adapters(args, feature_modes: tuple[str, ...] = ("features",)) -> list:
     return adapters
 
 
-def _check_size(size: int) -> None:
-    if size < 16 or size % 16:
-        raise EvalError(f"--size must be a positive multiple of 16, got {size}")
+def _image_input(args, base=None):
+    from meditok.evals.data import image_input_of
+
+    return image_input_of(args, getattr(args, "weights", None), base)
 
 
 def run(args) -> Path:  # noqa: C901 - one branch per subcommand
@@ -156,16 +164,14 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         from meditok.evals.perceptual import InceptionFeatures, load_lpips, resolve_inception
         from meditok.evals.recon import evaluate_recon, write_recon_report
 
-        _check_size(args.size)
+        spec = _image_input(args)
         load_manifest(args.data)
         lpips = load_lpips(args.lpips)
         if not args.no_fid:
             resolve_inception(args.inception)
         adapters = _adapters(args)
         inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
-        data = load_eval_set(
-            args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
-        )
+        data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
         results, recons = evaluate_recon(
             data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
         )
@@ -191,12 +197,10 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         from meditok.evals.codebook import evaluate_codebook, write_codebook_report
         from meditok.evals.data import load_eval_set, load_manifest
 
-        _check_size(args.size)
+        spec = _image_input(args)
         load_manifest(args.data)
         tok = load_meditok(args.weights, args.device)
-        data = load_eval_set(
-            args.data, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
-        )
+        data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
         result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
         report = Report(args.out, "meditok-eval codebook")
         write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
@@ -204,7 +208,7 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz, manifest_label_matrix
         from meditok.evals.probe import evaluate_probe, write_probe_report
 
-        _check_size(args.size)
+        spec = _image_input(args)
         for d in args.data:
             if d.endswith(".npz"):
                 check_npz(d)
@@ -216,12 +220,11 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         results = {}
         for d in args.data:
             data = (
-                load_npz(d, size=args.size, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
+                load_npz(d, image_input=spec, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
                 if d.endswith(".npz")
                 else load_eval_set(
                     d,
-                    size=args.size,
-                    resize=args.resize,
+                    image_input=spec,
                     label_key=args.label_key,
                     limit_per_group=args.limit_per_modality,
                     progress=progress,
@@ -256,7 +259,7 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             write_zeroshot_report,
         )
 
-        _check_size(args.size)
+        spec = _image_input(args)
         rows = load_manifest(args.data, label_key=args.label_key)
         tok = load_meditok(args.weights, args.device)
         alignment = resolve_alignment(args.weights, args.text_alignment)
@@ -297,8 +300,7 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         prompts = load_prompts(args.prompts, classes)
         data = load_eval_set(
             args.data,
-            size=args.size,
-            resize=args.resize,
+            image_input=spec,
             label_key=args.label_key,
             limit_per_group=args.limit_per_modality,
             progress=progress,
@@ -339,7 +341,7 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
         from meditok.evals.data import load_eval_set, load_manifest
         from meditok.evals.perceptual import InceptionFeatures, resolve_inception
 
-        _check_size(args.size)
+        spec = _image_input(args)
         load_manifest(args.real)
         resolve_inception(args.inception)
         folder = gen.scan_folder(args.generated) if args.generated else None
@@ -350,14 +352,15 @@ def run(args) -> Path:  # noqa: C901 - one branch per subcommand
             from meditok.evals.vqa import load_ar_model
 
             model = load_ar_model(args.model_path)
-            fn = gen.ar_generator(model, args.size)
+            spec = _image_input(args, base=model.image_input)
+            fn = gen.ar_generator(model, spec)
         inception = InceptionFeatures(args.inception, args.device)
         real_set = load_eval_set(
-            args.real, size=args.size, resize=args.resize, limit_per_group=args.limit_per_modality, progress=progress
+            args.real, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress
         )
         real = gen.group_real(real_set.images, real_set.groups)
         fake = (
-            gen.load_folder_images(folder, args.size, progress)
+            gen.load_folder_images(folder, spec, progress)
             if folder
             else gen.generate(fn, sorted(real), args.n_per_group, args.seed, progress)
         )

@@ -176,29 +176,58 @@ def manifest_label_matrix(
     return label_matrix(values, label_sep, f"{where}: label {label_key!r}")
 
 
+def image_input_of(args, weights: str | Path | None = None, base=None):
+    """The `ImageInput` of an evaluation: ``base`` (a model's recorded settings), else the tokenizer's (``weights``),
+    else the reference's, with the command line's ``--size / --resize / --resampler / --ct-window`` over them. Real and
+    generated images, manifests and NPZ files all go through it, as every other door does."""
+    from meditok.tokenizer.api import read_image_input
+    from meditok.tokenizer.preprocessing import ImageInput
+
+    try:
+        if base is None:
+            base = read_image_input(weights) if weights and Path(weights).exists() else ImageInput()
+        window = getattr(args, "ct_window", None)
+        if window is not None and "," in window:
+            window = tuple(float(v) for v in window.split(","))
+        return base.with_overrides(size=getattr(args, "size", None), resize=getattr(args, "resize", None),
+                                   resampler=getattr(args, "resampler", None), ct_window=window)  # fmt: skip
+    except ValueError as exc:
+        raise EvalError(f"image input settings: {exc}") from None
+
+
+def prepare_file_image(image, spec) -> torch.Tensor:
+    """A `MedicalImage` -> [3, H, W] in [-1, 1] through the image-input contract."""
+    from meditok.data import unit_image
+    from meditok.tokenizer.preprocessing import preprocess
+
+    return preprocess(unit_image(image, spec), spec)[0]
+
+
 def images_from_rows(
     rows,
     *,
-    size: int = 256,
-    resize: str = "crop",
+    image_input=None,
+    size: int | None = None,
+    resize: str | None = None,
     name: str = "data",
     label_key: str | None = None,
     progress: bool = True,
     multi_label: bool | None = None,
     label_sep: str = "|",
 ) -> EvalSet:
-    """Decode and preprocess manifest rows (meditok-data `Preprocess`, eval mode) into an `EvalSet` (multi-label:
-    see the module docstring; ``multi_label`` None = auto)."""
-    from meditok.data import MedicalImageError, Preprocess, load_row
+    """Decode manifest rows through the image-input contract (``image_input``: an `ImageInput`, default the
+    reference's) into an `EvalSet` (multi-label: see the module docstring; ``multi_label`` None = auto)."""
+    from meditok.data import MedicalImageError, load_row
+    from meditok.tokenizer.preprocessing import ImageInput
 
     matrix, names = manifest_label_matrix(rows, label_key, multi_label, label_sep, name)
 
-    preprocess = Preprocess(size=size, resize=resize)
+    spec = (image_input or ImageInput()).with_overrides(size=size, resize=resize)
     images, groups, keys, labels, splits = [], [], [], [], []
     for row in tqdm(rows, desc=f"load {name}", unit="img", disable=not progress):
         try:
-            images.append(preprocess(load_row(row)))
-        except MedicalImageError as exc:
+            images.append(prepare_file_image(load_row(row), spec))
+        except (MedicalImageError, ValueError) as exc:
             raise EvalError(f"cannot read {row.key}: {exc}") from None
         groups.append(row.modality)
         keys.append(row.key)
@@ -212,8 +241,9 @@ def images_from_rows(
 def load_eval_set(
     path: str | Path,
     *,
-    size: int = 256,
-    resize: str = "crop",
+    image_input=None,
+    size: int | None = None,
+    resize: str | None = None,
     label_key: str | None = None,
     limit_per_group: int | None = None,
     progress: bool = True,
@@ -223,6 +253,7 @@ def load_eval_set(
     rows = load_manifest(path, label_key=label_key, limit_per_group=limit_per_group)
     return images_from_rows(
         rows,
+        image_input=image_input,
         size=size,
         resize=resize,
         name=Path(path).stem,
@@ -266,12 +297,20 @@ def check_npz(path: str | Path) -> dict:
 
 
 def load_npz(
-    path: str | Path, *, size: int = 64, max_per_split: int | None = None, seed: int = 0, progress: bool = True
+    path: str | Path,
+    *,
+    image_input=None,
+    size: int | None = None,
+    max_per_split: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
 ) -> EvalSet:
     """MedMNIST NPZ -> EvalSet with splits 'train' and 'test' (``val`` is used as test when there is no test).
-    Labels [N, C] with C > 1 make a multi-label set (ChestMNIST's 14 findings get their names)."""
-    from meditok.tokenizer.preprocessing import preprocess
+    Labels [N, C] with C > 1 make a multi-label set (ChestMNIST's 14 findings get their names). The 8-bit images go
+    through the image-input contract (``image_input``, default the reference's LANCZOS squash to 256)."""
+    from meditok.tokenizer.preprocessing import ImageInput, preprocess
 
+    spec = (image_input or ImageInput()).with_overrides(size=size)
     path = Path(path)
     counts = check_npz(path)
     data = np.load(path)
@@ -287,7 +326,7 @@ def load_npz(
         if max_per_split and len(order) > max_per_split:
             order = sorted(rng.sample(order, max_per_split))
         for i in tqdm(order, desc=f"load {path.stem}:{split}", unit="img", disable=not progress):
-            images.append(preprocess(arr[i], size=size, resize="squash")[0])
+            images.append(preprocess(arr[i], spec)[0])
             rows.append(lab[i].astype(np.int64))
             labels.append(str(int(lab[i, 0])))
             splits.append("train" if split == "train" else "test")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from meditok.evals import plots
@@ -40,17 +39,21 @@ def scan_folder(folder: str | Path) -> dict[str, list[Path]]:
     return groups
 
 
-def load_folder_images(groups: dict[str, list[Path]], size: int, progress: bool = True) -> dict[str, torch.Tensor]:
+def load_folder_images(groups: dict[str, list[Path]], image_input, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Generated image files, read as any file is (`meditok.tokenizer.image_files.load_image`) and prepared with the
+    same `ImageInput` as the real images they are compared with."""
+    from meditok.tokenizer.image_files import ImageFileError, load_image
     from meditok.tokenizer.preprocessing import preprocess
 
     out = {}
     for g, paths in groups.items():
-        out[g] = torch.cat(
-            [
-                preprocess(Image.open(p), size=size, resize="crop")
-                for p in tqdm(paths, desc=f"load generated {g}", disable=not progress)
-            ]
-        )
+        tensors = []
+        for p in tqdm(paths, desc=f"load generated {g}", disable=not progress):
+            try:
+                tensors.append(preprocess(load_image(p, image_input), image_input))
+            except (ImageFileError, ValueError) as exc:
+                raise EvalError(f"generated image {p}: {exc}") from None
+        out[g] = torch.cat(tensors)
     return out
 
 
@@ -62,14 +65,17 @@ def load_generator(spec: str):
         raise EvalError(f"cannot import generator {spec!r}: {exc}") from None
 
 
-def ar_generator(model, size: int):
-    """`fn(group, n, seed)` over a meditok.ar model: the group name (modality / prompt) is the text prompt."""
+def ar_generator(model, image_input):
+    """`fn(group, n, seed)` over a meditok.ar model: the group name (modality / prompt) is the text prompt; the images
+    are generated at the evaluation's output size and prepared with the same `ImageInput` as the real ones."""
     from meditok.tokenizer.preprocessing import preprocess
+
+    size = image_input.output_size or (image_input.size, image_input.size)
 
     def fn(group: str, n: int, seed: int) -> torch.Tensor:
         images = model.generate_image(group, size=size, num_images=n, seed=seed)
         images = images if isinstance(images, list) else [images]
-        return torch.cat([preprocess(image, size=size) for image in images])
+        return torch.cat([preprocess(image, image_input) for image in images])
 
     return fn
 

@@ -1,7 +1,7 @@
 """The maths, on well-kept libraries, each checked against an independent computation in the tests.
 
-* `psnr_ssim`: per-image PSNR and SSIM (torchmetrics) on uint8-quantised images, data range 255 (the images a user
-  sees); SSIM is Wang et al.'s Gaussian window (11, sigma 1.5) averaged away from the 5-pixel border, which is
+* `psnr_ssim`: per-image PSNR (the tokenizer's one `psnr`) and SSIM (torchmetrics) on uint8-quantised images (the
+  images a user sees); SSIM is Wang et al.'s Gaussian window (11, sigma 1.5) averaged away from the 5-pixel border, which is
   what scikit-image computes with ``gaussian_weights=True, use_sample_covariance=False``.
 * `frechet_distance`: ||mu1-mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), with tr((S1 S2)^1/2) from the eigenvalues of
   S1 S2 (real, non-negative for PSD S1, S2), the approach torchmetrics takes; tested against scipy.linalg.sqrtm.
@@ -19,17 +19,21 @@ import torch
 
 
 def to_uint8_tensor(x: torch.Tensor) -> torch.Tensor:
-    """float [B,3,H,W] in [-1,1] -> float [B,3,H,W] holding integers 0..255 (the same rounding as to_uint8)."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    """float [B,3,H,W] in [-1,1] -> float [B,3,H,W] holding integers 0..255 (the tokenizer's `quantize_uint8`)."""
+    from meditok.tokenizer.preprocessing import quantize_uint8
+
+    return quantize_uint8(x).float()
 
 
 def psnr_ssim(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image PSNR (dB) and SSIM of [-1,1] images after uint8 quantisation (data range 255)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from meditok.tokenizer.preprocessing import psnr as psnr_of
 
     # float32 (10x faster than float64 on CPU): SSIM agrees with scikit-image (float64) to ~2e-4
     a, b = to_uint8_tensor(real).cpu(), to_uint8_tensor(fake).cpu()
-    psnr = peak_signal_noise_ratio(b.double(), a.double(), data_range=255.0, reduction="none", dim=(1, 2, 3))
+    psnr = psnr_of(a / 127.5 - 1, b / 127.5 - 1, per_image=True)  # the project's one PSNR on the 8-bit images
     psnr = torch.where(torch.isfinite(psnr), psnr, torch.full_like(psnr, 100.0))  # identical images: cap at 100 dB
     # torchmetrics averages the SSIM map over the reflect-padded border too; Wang et al. / scikit-image average
     # only where the 11x11 window fits: take the full map and drop the 5-pixel border.

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from meditok.evals.errors import EvalError
+from meditok.tokenizer.preprocessing import quantize_uint8
 
 FID_HELPER_FILE = "default_1.pt"
 
@@ -66,7 +67,7 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         outs = []
         for i in range(0, len(images), self.batch_size):
-            x = ((images[i : i + self.batch_size].float().clamp(-1, 1) + 1) * 127.5).round()
+            x = quantize_uint8(images[i : i + self.batch_size]).float()  # the 8-bit images FID is defined on
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) / 128.0 - 1.0
             outs.append(self.net(x.to(self.device)).float().cpu().reshape(len(x), -1))
         return torch.cat(outs).numpy().astype(np.float64)

@@ -13,7 +13,9 @@ import torch  # noqa: E402
 
 
 def _to_hwc(x: torch.Tensor) -> np.ndarray:
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    from meditok.tokenizer.preprocessing import to_uint8
+
+    return to_uint8(x)
 
 
 def image_grid(

@@ -299,10 +299,16 @@ def preprocess_batch(images: Sequence[Any], spec: ImageInput | None = None, **ov
 # ------------------------------------------------------------------------------------------------ output
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1,1] -> uint8 tensor of the same shape: round((clip(x,-1,1)+1) * 127.5).
+
+    The project's one [-1,1] -> 8-bit conversion (reports, metrics, saved PNGs, the FID network's input)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[B,3,H,W] or [3,H,W] in [-1,1] -> uint8 [B,H,W,3] or [H,W,3] (the one [-1,1] -> uint8 conversion)."""
-    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().cpu().numpy().astype(np.uint8)
-    return np.moveaxis(array, -3, -1)
+    """[B,3,H,W] or [3,H,W] in [-1,1] -> uint8 numpy [B,H,W,3] or [H,W,3] (`quantize_uint8`, channels last)."""
+    return np.moveaxis(quantize_uint8(x).cpu().numpy(), -3, -1)
 
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
@@ -310,11 +316,14 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images (or batches, pooled) in [-1,1]: 10 log10(peak² / MSE) with peak-to-peak 2.
+def psnr(a: torch.Tensor, b: torch.Tensor, per_image: bool = False) -> float | torch.Tensor:
+    """PSNR in dB of images in [-1,1]: 10 log10(4 / MSE) per image (peak-to-peak 2), identical images -> inf.
 
-    The project's one PSNR. Because [-1,1] -> [0,255] is affine, this equals PSNR on 8-bit pixels with peak 255
-    (before rounding); per-image means (as in reports) average this over images.
+    The project's one PSNR. [-1,1] -> [0,255] is affine, so this equals the usual 8-bit PSNR (peak 255) of the same
+    images; reports apply it to `quantize_uint8`-ed images (what a viewer shows). ``per_image``: a [B] tensor instead
+    of the mean over the batch.
     """
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+    a4, b4 = (t.detach().double() if t.ndim == 4 else t.detach().double().unsqueeze(0) for t in (a, b))
+    mse = ((a4 - b4) ** 2).flatten(1).mean(1)
+    values = 10 * torch.log10(4.0 / mse)  # mse 0 -> inf
+    return values if per_image else float(values.mean())

@@ -1,8 +1,9 @@
-"""Medical files in ``image_url`` data URLs: vLLM's image loader only knows what PIL opens, so the plugin wraps
-``ImageMediaIO.load_bytes``: DICOM (``DICM`` after the 128-byte preamble) and NIfTI bytes are read in memory by
-meditok-data, so that vLLM accepts them. What vLLM keeps is a ``MediaWithBytes`` holding the original bytes; the
-multimodal processor tokenises those bytes through the image-input contract (`processing.image_to_token_ids`), so
-the 8-bit preview made here is never what the model sees. Everything else goes to vLLM's own loader unchanged."""
+"""Medical files in ``image_url`` data URLs. vLLM's image loader knows only what PIL opens, and turns every picture into
+8-bit RGB, so the plugin wraps ``ImageMediaIO.load_bytes``: DICOM (``DICM`` after the 128-byte preamble), NIfTI and
+rasters deeper than 8 bits (16-bit PNG / TIFF) are read in memory by meditok-data (`load_unit_image`, no temp file) into
+the image-input contract's [0, 1] pixels, handed on losslessly as a PIL image: "L" / "RGB" for 8-bit data, 32-bit float
+"F" for deeper grayscale (a deep RGB image, rare, is rounded to 8 bits). The processor then prepares exactly what a file
+door prepares. Ordinary 8-bit pictures go to vLLM's own loader unchanged (its RGB equals the file door's pixels)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,26 @@ _MARK = "_meditok_medical"
 
 
 def is_medical(data: bytes) -> bool:
+    """Bytes the plugin reads itself: DICOM, NIfTI, or a raster deeper than 8 bits."""
+    import io
+
+    from PIL import Image
+
     from meditok.data.loading import looks_like_nifti_bytes
     from meditok.tokenizer.image_files import is_dicom_bytes
+    from meditok.tokenizer.preprocessing import DEEP_PIL_MODES
 
-    return is_dicom_bytes(data[:132]) or looks_like_nifti_bytes(data)
+    if is_dicom_bytes(data[:132]) or looks_like_nifti_bytes(data):
+        return True
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # header only
+            return image.mode in (*DEEP_PIL_MODES, "F")
+    except Exception:  # noqa: BLE001 - not ours: vLLM's loader reports it
+        return False
 
 
-def medical_preview(data: bytes) -> Any:
-    """DICOM / NIfTI bytes -> an 8-bit RGB PIL preview (raises ValueError with the reader's one-line message)."""
+def contract_picture(data: bytes) -> Any:
+    """Medical bytes -> the contract's [0, 1] pixels as a lossless PIL image (ValueError with the reader's message)."""
     import numpy as np
     from PIL import Image
 
@@ -29,11 +42,11 @@ def medical_preview(data: bytes) -> Any:
         pixels, _ = load_unit_image(data, name="image_url")
     except MedicalImageError as error:
         raise ValueError(f"Failed to load medical image: {error}") from None
-    if pixels.dtype != np.uint8:
-        pixels = np.round(pixels * 255.0).astype(np.uint8)
+    if pixels.dtype == np.uint8:
+        return Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
     if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return Image.fromarray(pixels, "RGB")
+        return Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), "F")
+    return Image.fromarray(np.round(pixels * 255.0).astype(np.uint8), "RGB")
 
 
 def install_dicom_loader() -> None:
@@ -48,7 +61,7 @@ def install_dicom_loader() -> None:
     def load_bytes(self: Any, data: bytes) -> Any:
         if not is_medical(data):
             return original(self, data)
-        picture = medical_preview(data)
+        picture = contract_picture(data)
         w, h = picture.size
         max_pixels = media_image.envs.VLLM_MAX_IMAGE_PIXELS
         if max_pixels > 0 and w * h > max_pixels:

@@ -7,9 +7,9 @@ what they say) and the model embeds those ids with its own embedding table.
 
 Images go through the image-input contract with the settings the model was trained with (``config.json``
 ``meditok_ar.image_input``, copied from the image tokenizer; the reference's LANCZOS squash to 256 for older folders):
-the processor tokenises the request's original bytes (``MediaWithBytes.original_bytes``) exactly as `meditok`'s CLI and
-`MedITokAR.encode_image` read a file (DICOM in HU with no 8-bit round trip, 16-bit PNGs by percentiles), so the
-prompt ids equal the transformers path's. The side can be overridden with ``--image-size`` /
+DICOM, NIfTI and 16-bit images are read by the plugin's loader (`media.py`) exactly as `meditok`'s CLI and
+`MedITokAR.encode_image` read a file (HU windows, percentiles, no 8-bit round trip), so the prompt ids equal the
+transformers path's. The side can be overridden with ``--image-size`` /
 ``MEDITOK_VLLM_IMAGE_SIZE`` (or the older ``meditok_ar.serve_image_size``); the resize policy must give a fixed size
 (squash, crop, pad), since vLLM reserves a fixed number of prompt tokens per image (2052 at 256x256)."""
 
@@ -84,12 +84,11 @@ def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: An
     """One request image -> its full image block (the ids the transformers path builds from the same file)."""
     import torch
 
-    from meditok.tokenizer.image_files import load_image
     from meditok.tokenizer.preprocessing import preprocess
 
-    original = getattr(image, "original_bytes", None)  # vLLM's MediaWithBytes: the bytes the client sent
-    pixels = load_image(original, spec, name="image_url") if original is not None else getattr(image, "media", image)
-    x = preprocess(pixels, spec)
+    # Medical files arrive as the plugin's loader made them (`media.py`: the contract's [0, 1] pixels, 32-bit float
+    # where deeper than 8 bits); ordinary 8-bit pictures as vLLM's loader decoded them (RGB, equal to the file door).
+    x = preprocess(getattr(image, "media", image), spec)
     with torch.no_grad():
         codes = tokenizer.encode(x.to(tokenizer.device))[0].cpu()
     return codes_to_token_ids(codes, layout, (x.shape[-2] // 16, x.shape[-1] // 16))
@@ -97,12 +96,31 @@ def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: An
 
 def _build() -> tuple[type, type, type]:
     import torch
+    from PIL import Image
     from transformers import BatchFeature
     from vllm.multimodal.inputs import MultiModalFieldConfig
+    from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataParser
     from vllm.multimodal.processing import BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo
     from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdateDetails
 
+    class MedITokDataParser(MultiModalDataParser):
+        """vLLM's parser makes every picture 8-bit RGB; the 32-bit float ("F") pictures the plugin's loader makes of
+        DICOM / NIfTI / 16-bit files must reach the processor as they are (everything else is vLLM's own parsing)."""
+
+        def _parse_image_data(self, data: Any) -> Any:
+            items = data if isinstance(data, (list, tuple)) else [data]
+            if items and all(isinstance(getattr(i, "media", i), Image.Image) for i in items):
+                if any(getattr(i, "media", i).mode == "F" for i in items):
+                    return ImageProcessorItems(list(items))
+            return super()._parse_image_data(data)
+
     class MedITokProcessingInfo(BaseProcessingInfo):
+        def get_data_parser(self) -> MultiModalDataParser:
+            return MedITokDataParser(
+                expected_hidden_size=self._get_expected_hidden_size(),
+                allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+            )
+
         def get_supported_mm_limits(self) -> Mapping[str, int | None]:
             return {"image": None}
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from meditok.tokenizer.preprocessing import psnr as psnr_of
+from meditok.tokenizer.preprocessing import to_uint8
+
 COLOURS = {"loss": (31, 119, 180), "rec": (214, 39, 40), "lpips": (44, 160, 44), "clip": (148, 103, 189)}
 
 
@@ -61,20 +64,14 @@ def save_loss_curve(
     return path
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[B,3,H,W] in [-1,1] -> [B,H,W,3] uint8."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def save_reconstruction_grid(
     images: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike, max_images: int = 8
 ) -> Path:
     """Originals on the top row, reconstructions below, 2 px white gaps."""
     from PIL import Image
 
-    a = _to_uint8(images[:max_images])
-    b = _to_uint8(reconstructions[:max_images])
+    a = to_uint8(images[:max_images])
+    b = to_uint8(reconstructions[:max_images])
     n, h, w, _ = a.shape
     gap = 2
     grid = np.full((2 * h + gap, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
@@ -88,6 +85,5 @@ def save_reconstruction_grid(
 
 
 def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
-    """Mean PSNR (dB) over the batch, images in [-1,1] (peak-to-peak 2)."""
-    mse = ((images.float() - reconstructions.float().clamp(-1, 1)) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-12))).mean())
+    """Mean per-image PSNR (dB) of a batch: the tokenizer's one `psnr` on the clipped reconstructions."""
+    return psnr_of(images, reconstructions.float().clamp(-1, 1))
