@@ -15,23 +15,19 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..api import MedITok
-from ..atomic import write_text_atomic
 from ..auxiliary import AuxModelError, load_lpips, load_text_tower, load_vision_teacher
 from ..config import MedITokConfig, get_config
+from .checkpointing import barrier, load_checkpoint, save_checkpoint
 from .config import TrainConfig, steps_from_fraction
 from .discriminator import DinoDiscriminator, load_disc_backbone
 from .export import STATE_FILE, export_checkpoint, read_core_state
@@ -106,11 +102,6 @@ def _enable_grad_checkpointing(core: nn.Module) -> None:
             block.forward = lambda x, _f=forward: checkpoint(_f, x, use_reentrant=False)
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 @contextlib.contextmanager
 def _scalar_safe_broadcast():
     """DeepSpeed 0.19 broadcasts every parameter as `p.data.view(torch.uint8)`, which fails for 0-d tensors such as
@@ -130,28 +121,6 @@ def _scalar_safe_broadcast():
         yield
     finally:
         DeepSpeedEngine._broadcast_model = original
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.random.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.random.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -------------------------------------------------------------------------------------------- checkpoints
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -303,12 +272,25 @@ class Trainer:
 
         d = self.cfg.data
         if not d.source or not Path(d.source).exists():
-            raise AuxModelError(f"data.source: file not found: {d.source!r}")
+            raise AuxModelError(
+                f"data.source: file not found: {d.source!r} (make it: meditok-data shard MANIFEST -o {d.source} "
+                "--shard-size N)"
+            )
         pre = Preprocess(size=d.image_size, train=d.augment, random_ct_window=d.augment and d.ct_windowing)
         cls = ImageTextDataset if self.cfg.teacher.kind == "text" else ImageDataset
         self.dataset = cls(
             d.source, pre, seed=d.seed, strict=d.strict, rank=self.rank, world_size=self.world, skip_log=d.skip_log
         )
+        shards = self.dataset.shards
+        streams = self.world * max(1, d.num_workers)
+        if shards is not None and len(shards.shards) < streams:
+            # Shards are dealt whole to the world_size x num_workers streams: a stream without one gives no batch.
+            raise AuxModelError(
+                f"data.source {d.source}: {len(shards.shards)} shard(s) ({shards.total} images) for "
+                f"{self.world} rank(s) x {max(1, d.num_workers)} worker(s) = {streams} streams, and every stream needs "
+                f"a shard of its own: re-shard with smaller shards (meditok-data shard MANIFEST -o {d.source} "
+                f"--shard-size N, N <= {max(1, shards.total // streams)}), or use fewer ranks or data.num_workers"
+            )
         self.loader = ResumableLoader(
             self.dataset,
             batch_size=d.batch_size,
@@ -501,7 +483,7 @@ class Trainer:
             result.update(self.write_report(batch["image"]))
         if self.rank == 0 and self.step == cfg.run.steps:
             export_checkpoint(self.ckpt_dir / f"step-{self.step:08d}", self.out / "export")
-        _barrier()
+        barrier()
         return result
 
     def write_report(self, images: torch.Tensor) -> dict[str, Any]:
@@ -524,77 +506,33 @@ class Trainer:
     # ------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Both engines + per-rank RNG/data state into `.tmp-step-N`, then one rename to `step-N` (atomic)."""
-        name = f"step-{self.step:08d}"
-        tmp, final = self.ckpt_dir / f".tmp-{name}", self.ckpt_dir / name
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        _barrier()
-        self.gen_engine.save_checkpoint(str(tmp), tag="generator", save_latest=False)
-        if self.disc_engine is not None:
-            self.disc_engine.save_checkpoint(str(tmp), tag="discriminator", save_latest=False)
-        quantizer = self.gen_engine.module.core.quantizer
-        torch.save(
-            {
-                "step": self.step,
-                "epoch": self.epoch,
-                "rng": _rng_state(),
-                "data": self.loader.state_dict(),
-                "usage_updates": [cb.usage_updates for cb in quantizer.codebooks],
-            },
-            tmp / f"rank{self.rank:05d}_state.pt",
-        )
-        _barrier()
-        if self.rank == 0:
-            state = {
-                "step": self.step,
-                "stage": self.cfg.stage,
-                "world_size": self.world,
-                "model_config": self.model_config.to_dict(),
-                "config": self.cfg.to_dict(),
-            }
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            write_text_atomic(self.ckpt_dir / "latest", name)
-            keep = self.cfg.run.keep_last
-            olds = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
-            for old in olds[:-keep] if keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier()
-        return final
+        return save_checkpoint(self)
 
     def load_checkpoint(self, path: str) -> None:
-        ckpt = Path(path)
-        if path == "auto":
-            latest = self.ckpt_dir / "latest"
-            if not latest.exists():
-                return  # nothing to resume: fresh start
-            ckpt = self.ckpt_dir / latest.read_text().strip()
-        elif (ckpt / "latest").is_file() and not (ckpt / STATE_FILE).exists():
-            ckpt = ckpt / (ckpt / "latest").read_text().strip()
-        if not (ckpt / STATE_FILE).exists():
-            raise FileNotFoundError(f"run.resume: {ckpt} is not a training checkpoint (no {STATE_FILE})")
-        saved = json.loads((ckpt / STATE_FILE).read_text())
-        if saved["world_size"] != self.world:
-            raise ValueError(
-                f"run.resume: {ckpt} was written by {saved['world_size']} ranks, this run has {self.world}"
-            )
-        self.gen_engine.load_checkpoint(str(ckpt), tag="generator")
-        if self.disc_engine is not None:
-            self.disc_engine.load_checkpoint(str(ckpt), tag="discriminator")
-        state = torch.load(ckpt / f"rank{self.rank:05d}_state.pt", map_location="cpu", weights_only=False)
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.loader.load_state_dict(state["data"])
-        self._iter = None
-        for cb, n in zip(self.gen_engine.module.core.quantizer.codebooks, state["usage_updates"]):
-            cb.usage_updates = n
-        _set_rng_state(state["rng"])
+        load_checkpoint(self, path)
 
     def close(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+STANDIN_NAMES = ("vision_teacher", "text_tower", "lpips", "disc_backbone")  # the folders make_standins(DIR) writes
+
+
+def standin_hint(message: str) -> str:
+    """For a pretrained part missing at a stand-in path (``DIR/<stand-in name>``): the command that makes it."""
+    _, found, missing = message.partition("file not found: ")
+    if not found:
+        return ""
+    path = Path(missing.strip().strip("'\""))
+    for folder in (path, path.parent):
+        if folder.name in STANDIN_NAMES:
+            return (
+                f'; random stand-ins for a trial run: python -c "from meditok.tokenizer.training.testing import '
+                f"make_standins; make_standins('{folder.parent}')\" (a real run points the key at the pretrained file)"
+            )
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer.setup()
     except (AuxModelError, FileNotFoundError) as exc:
-        print(f"meditok-train: error: {exc}", file=sys.stderr)
+        print(f"meditok-train: error: {exc}{standin_hint(str(exc))}", file=sys.stderr)
         return 2
     try:
         result = trainer.train()
