@@ -25,8 +25,10 @@ unmodified sampler (vLLM's) can produce it; :class:`ImageConstraint` says which 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ NUM_CODEBOOKS = 8
 CODEBOOK_SIZE = 4096
 PATCH_SIZE = 16  # pixels per grid position
 DEFAULT_MAX_GRID = 64  # 1024 px at PATCH_SIZE px per position
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # a saved model's copy of its MedITok
 CONFIG_KEY = "meditok_ar"  # the key of the layout dictionary inside the model's config.json
 ARCHITECTURE = "MedITokARForCausalLM"
 SPECIAL_TOKENS = ("<image>", "<boi>", "<eoi>")
@@ -302,3 +305,10 @@ class ImageConstraint:
 
     def done(self, step: int) -> bool:
         return step >= self.length
+
+
+def image_tokenizer_path(model_dir: str | os.PathLike, layout: TokenLayout) -> Path:
+    """Where a model folder's MedITok lives: config.json's ``meditok_ar.image_tokenizer`` (relative to the folder, or
+    absolute), else the folder's ``image_tokenizer/`` (what `MedITokAR.save_pretrained` writes)."""
+    path = Path(layout.extra.get("image_tokenizer") or IMAGE_TOKENIZER_DIR)
+    return path if path.is_absolute() else Path(model_dir) / path

@@ -13,12 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from meditok.ar.layout import ARCHITECTURE, CONFIG_KEY, LayoutError, TokenLayout
+from meditok.ar.layout import (
+    ARCHITECTURE,
+    CONFIG_KEY,
+    IMAGE_TOKENIZER_DIR,
+    LayoutError,
+    TokenLayout,
+    image_tokenizer_path,
+)
 from meditok.ar.sequences import SequenceBuilder
 
 # Families whose HF classes and vLLM 0.32 classes share weights names; the plugin subclasses the vLLM class.
 SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-IMAGE_TOKENIZER_DIR = "image_tokenizer"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -119,8 +125,9 @@ class MedITokAR:
                 )
             image_tok, image_path = tokenizer, None
             if image_tok is None or isinstance(image_tok, (str, os.PathLike)):
-                recorded = layout.extra.get("image_tokenizer")
-                candidate = image_tok or (path / recorded if recorded and not os.path.isabs(recorded) else recorded)
+                candidate = image_tok or image_tokenizer_path(path, layout)
+                if image_tok is None and not Path(candidate).exists():  # recorded but absent: say so when it's used
+                    candidate = None
                 image_path, image_tok = (str(candidate) if candidate else None), None
             return cls(llm, text_tokenizer, layout, image_tok, image_path)
         # ---- extend a plain LLM

@@ -81,7 +81,7 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     import torch
     from transformers import AutoTokenizer
 
-    from meditok.ar.layout import PATCH_SIZE, TokenLayout, token_ids_to_codes
+    from meditok.ar.layout import PATCH_SIZE, TokenLayout, image_tokenizer_path, token_ids_to_codes
     from meditok.ar.sequences import SequenceBuilder
     from meditok.ar.vllm_plugin.guided_pair import GuidedPair, shared_seed
     from meditok.tokenizer import MedITok
@@ -137,8 +137,7 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
             raise pair.split_error()
     block = prompt_ids[-3:] + list(token_ids[: n_codes + 1])
     codes, g = token_ids_to_codes(block, layout)  # LayoutError (a ValueError) if the server broke the layout
-    recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")
-    tokenizer = MedITok.from_pretrained(str(recorded if recorded.is_absolute() else Path(model_dir) / recorded)).eval()
+    tokenizer = MedITok.from_pretrained(str(image_tokenizer_path(model_dir, layout))).eval()
     with torch.no_grad():
         pixels = tokenizer.decode(torch.from_numpy(codes).reshape(1, layout.num_codebooks, -1), grid=g)
     to_pil(pixels.float().clamp(-1, 1))[0].save(out)

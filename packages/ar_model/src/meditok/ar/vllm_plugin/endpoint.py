@@ -62,14 +62,13 @@ class ImagesEndpoint:
 
             from transformers import AutoTokenizer
 
-            from meditok.ar.layout import TokenLayout
+            from meditok.ar.layout import TokenLayout, image_tokenizer_path
             from meditok.ar.sequences import SequenceBuilder
             from meditok.tokenizer import MedITok
 
             folder = Path(self.model_dir or ".")
             layout = TokenLayout.from_config(json.loads((folder / "config.json").read_text()))
-            recorded = Path(layout.extra.get("image_tokenizer") or "image_tokenizer")
-            tok = MedITok.from_pretrained(str(recorded if recorded.is_absolute() else folder / recorded)).eval()
+            tok = MedITok.from_pretrained(str(image_tokenizer_path(folder, layout))).eval()
             self._assets = (layout, SequenceBuilder(layout, AutoTokenizer.from_pretrained(str(folder))), tok)
         return self._assets
 

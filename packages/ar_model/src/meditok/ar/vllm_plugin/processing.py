@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids
+from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids, image_tokenizer_path
 
 IMAGE_SIZE_ENV = "MEDITOK_VLLM_IMAGE_SIZE"
 PLACEHOLDER = "<image>"
@@ -59,14 +59,6 @@ def image_input_of(hf_config: Any, model_dir: str) -> Any:
             "pad (vLLM reserves a fixed number of prompt tokens per image)"
         )
     return spec
-
-
-def image_tokenizer_path(model_dir: str, layout: TokenLayout) -> Path:
-    recorded = layout.extra.get("image_tokenizer")
-    if not recorded:
-        raise ValueError(f"{model_dir}: config.json records no meditok_ar.image_tokenizer")
-    path = Path(recorded)
-    return path if path.is_absolute() else Path(model_dir) / path
 
 
 def load_image_tokenizer(path: Path) -> Any:
