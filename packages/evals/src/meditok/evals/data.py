@@ -181,14 +181,12 @@ def image_input_of(args, weights: str | Path | None = None, base=None):
     else the reference's, with the command line's ``--size / --resize / --resampler / --ct-window`` over them. Real and
     generated images, manifests and NPZ files all go through it, as every other door does."""
     from meditok.tokenizer.api import read_image_input
-    from meditok.tokenizer.preprocessing import ImageInput
+    from meditok.tokenizer.preprocessing import ImageInput, parse_ct_window
 
     try:
         if base is None:
             base = read_image_input(weights) if weights and Path(weights).exists() else ImageInput()
-        window = getattr(args, "ct_window", None)
-        if window is not None and "," in window:
-            window = tuple(float(v) for v in window.split(","))
+        window = parse_ct_window(getattr(args, "ct_window", None))
         return base.with_overrides(size=getattr(args, "size", None), resize=getattr(args, "resize", None),
                                    resampler=getattr(args, "resampler", None), ct_window=window)  # fmt: skip
     except ValueError as exc:

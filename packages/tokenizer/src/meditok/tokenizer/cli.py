@@ -47,9 +47,9 @@ def _progress(items: Sequence, desc: str) -> Iterator:
 
 def _image_overrides(args: argparse.Namespace) -> dict:
     """The image-input settings given on the command line (None = the model's recorded setting)."""
-    window = args.ct_window
-    if window is not None and "," in window:
-        window = tuple(float(v) for v in window.split(","))
+    from .preprocessing import parse_ct_window
+
+    window = parse_ct_window(args.ct_window)
     percentiles = tuple(float(v) for v in args.percentiles.split(",")) if args.percentiles else None
     return {"size": args.size, "resize": args.resize, "resampler": args.resampler, "ct_window": window,
             "percentiles": percentiles}  # fmt: skip

@@ -143,6 +143,17 @@ class ImageInput:
 DEFAULT_IMAGE_INPUT = ImageInput()
 
 
+def parse_ct_window(text: str | None) -> str | tuple[float, float] | None:
+    """A command line's ``--ct-window``: a preset name, "dicom", or "LOW,HIGH" in HU (None stays None)."""
+    if text is None or "," not in text:
+        return text
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--ct-window {text!r}: expected a preset name, dicom, or LOW,HIGH in HU") from None
+    return (low, high)
+
+
 # ------------------------------------------------------------------------------------------------ intensity
 
 
