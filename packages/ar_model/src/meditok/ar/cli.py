@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="PEFT LoRA fine-tuning (also under the deepspeed launcher)")
     p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", help="section.key=value (YAML-typed), e.g. train.steps=20")
 
     p = sub.add_parser("merge", help="adapter folder -> full HF folder for serving")
     p.add_argument("adapter")
@@ -83,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from meditok.ar.train import train
 
-        result = train(args.config)
+        result = train(args.config, args.overrides)
         print(json.dumps({"final_loss": result["losses"][-1], "adapter": str(result["adapter"])}))
         return 0
     if args.command == "info":

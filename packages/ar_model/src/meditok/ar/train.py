@@ -7,6 +7,10 @@ Config (YAML or dict)::
     data: {codes: CODES_DIR, records: RECORDS.jsonl, cond_dropout: 0.1, max_length: 4096}
     train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2}
 
+Loaded as typed dataclasses (`ARTrainConfig`) by the tokenizer trainer's mechanism (`meditok.tokenizer.typed_config`):
+unknown keys and wrong types are errors naming the key; ``section.key=value`` overrides (``meditok-ar train --config
+train.yaml train.steps=20``) are read as YAML.
+
 ``data.codes`` (a CodesDataset folder, e.g. from ``meditok-ar pretokenize``) gives generation records (caption ->
 image); ``data.records`` (JSONL) adds understanding / generation / interleaved records whose images name a code
 entry by its ``source`` (the manifest key) — see README. Output: ``OUT/base`` (the extended base, when ``base`` was a
@@ -19,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,52 +34,76 @@ from meditok.ar.codes import load_code_table
 from meditok.ar.layout import CONFIG_KEY
 from meditok.ar.sequences import RecordSampler, collate
 from meditok.data.distributed import launched, rank_and_world_size, start_deepspeed
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"base": None, "image_tokenizer": None, "out": None},
-    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "token_training": "trainable_tokens"},
-    "data": {"codes": None, "records": None, "cond_dropout": 0.1, "max_length": 4096},
-    "train": {
-        "steps": 100,
-        "lr": 1e-3,
-        "batch_size": 2,
-        "seed": 0,
-        "log_every": 10,
-        "deepspeed": False,
-        "zero_stage": 2,
-        "weight_decay": 0.0,
-        "grad_clip": 1.0,
-    },  # fmt: skip
-}
+from meditok.tokenizer.typed_config import load_typed_config
 
 
-def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, dict[str, Any]]:
-    if not isinstance(config, dict):
-        import yaml
-
-        config = yaml.safe_load(Path(config).read_text()) or {}
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; expected {sorted(DEFAULTS)}")
-    merged = {}
-    for section, defaults in DEFAULTS.items():
-        given = config.get(section) or {}
-        bad = set(given) - set(defaults)
-        if bad:
-            raise ValueError(f"unknown keys {sorted(bad)} in '{section}'; expected {sorted(defaults)}")
-        merged[section] = {**defaults, **given}
-    for key in ("base", "out"):
-        if not merged["model"][key]:
-            raise ValueError(f"model.{key} is required")
-    if not merged["data"]["codes"] and not merged["data"]["records"]:
-        raise ValueError("data.codes or data.records is required")
-    return merged
+@dataclass
+class ModelSection:
+    base: str | None = None  # a plain LLM folder or a MedITokAR (extended) folder
+    image_tokenizer: str | None = None  # a MedITok folder; needed when base is a plain LLM
+    out: str | None = None
 
 
-def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass
+class LoraSection:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    token_training: str = "trainable_tokens"
+
+
+@dataclass
+class DataSection:
+    codes: str | None = None  # a CodesDataset folder
+    records: str | None = None  # JSONL records naming code entries by source
+    cond_dropout: float = 0.1
+    max_length: int = 4096
+
+
+@dataclass
+class TrainSection:
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 2
+    seed: int = 0
+    log_every: int = 10
+    deepspeed: bool = False
+    zero_stage: int = 2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ARTrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def validate(self) -> ARTrainConfig:
+        for key in ("base", "out"):
+            if not getattr(self.model, key):
+                raise ValueError(f"model.{key} is required")
+        if not self.data.codes and not self.data.records:
+            raise ValueError("data.codes or data.records is required")
+        return self
+
+
+def load_config(
+    config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides: Sequence[str] = ()
+) -> ARTrainConfig:
+    """A YAML file or dict (sections as in the module docstring) plus ``section.key=value`` overrides, typed and
+    checked (the tokenizer trainer's mechanism: `meditok.tokenizer.typed_config`)."""
+    if isinstance(config, ARTrainConfig):
+        return config.validate()
+    return load_typed_config(ARTrainConfig, config, overrides).validate()
+
+
+def build_records(data: DataSection) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    table = load_code_table(data["codes"]) if data["codes"] else {}
-    if data["codes"] and not data["records"]:  # caption -> image from every code entry
+    table = load_code_table(data.codes) if data.codes else {}
+    if data.codes and not data.records:  # caption -> image from every code entry
         for entry in table.values():
             codes, grid = entry["codes"], entry["grid"] or None
             records.append({"type": "generation", "prompt": entry["caption"], "codes": codes, "grid": grid})
@@ -81,10 +111,10 @@ def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
 
     def lookup(key: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
         if key not in table:
-            raise KeyError(f"image {key!r} is not in the codes folder {data['codes']} ({len(table)} entries)")
+            raise KeyError(f"image {key!r} is not in the codes folder {data.codes} ({len(table)} entries)")
         return table[key]["codes"], table[key]["grid"] or None
 
-    for n, line in enumerate(Path(data["records"]).read_text().splitlines(), start=1):
+    for n, line in enumerate(Path(data.records).read_text().splitlines(), start=1):
         if not line.strip():
             continue
         r = json.loads(line)
@@ -102,16 +132,16 @@ def build_records(data: dict[str, Any]) -> list[dict[str, Any]]:
             segs = [s if isinstance(s, str) else lookup(s["image"]) for s in r["segments"]]
             records.append({"type": kind, "segments": segs})
         else:
-            raise ValueError(f"{data['records']}:{n}: unknown record type {kind!r}")
+            raise ValueError(f"{data.records}:{n}: unknown record type {kind!r}")
     return records
 
 
-def prepare_model(cfg: dict[str, dict[str, Any]], rank: int = 0) -> Any:
+def prepare_model(cfg: ARTrainConfig, rank: int = 0) -> Any:
     """Load / extend the base, save the extended base once (rank 0), add LoRA."""
     from meditok.ar.model import MedITokAR
 
-    m, out = cfg["model"], Path(cfg["model"]["out"])
-    base_dir = Path(m["base"])
+    m, out = cfg.model, Path(cfg.model.out)
+    base_dir = Path(m.base)
     is_extended = (
         CONFIG_KEY in json.loads((base_dir / "config.json").read_text())
         if (base_dir / "config.json").exists()
@@ -120,51 +150,51 @@ def prepare_model(cfg: dict[str, dict[str, Any]], rank: int = 0) -> Any:
     if not is_extended:
         extended = out / "base"
         if rank == 0 and not (extended / "config.json").exists():
-            MedITokAR.from_pretrained(base_dir, tokenizer=m["image_tokenizer"]).save_pretrained(extended)
+            MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer).save_pretrained(extended)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         base_dir = extended
-    model = MedITokAR.from_pretrained(base_dir, tokenizer=m["image_tokenizer"])
-    lora = cfg["lora"]
-    model.add_lora(lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"], lora["token_training"])
+    model = MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer)
+    lora = cfg.lora
+    model.add_lora(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.token_training)
     return model
 
 
-def train(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run a fine-tuning job; returns {"losses", "adapter", "seconds", "tokens"}."""
-    cfg = load_config(config)
-    tr, data = cfg["train"], cfg["data"]
+    cfg = load_config(config, overrides)
+    tr, data = cfg.train, cfg.data
     rank, world = rank_and_world_size()
-    use_ds = bool(tr["deepspeed"]) or launched()
+    use_ds = tr.deepspeed or launched()
     engine = None
     if use_ds:
         import deepspeed
 
         rank, world, _ = start_deepspeed()
-    torch.manual_seed(tr["seed"])
+    torch.manual_seed(tr.seed)
     model = prepare_model(cfg, rank)
     llm = model.llm
     llm.train()
-    sampler = RecordSampler(model.builder, build_records(data), data["cond_dropout"], tr["seed"], rank, world)
+    sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)
     params = [p for p in llm.parameters() if p.requires_grad]
     if use_ds:
         ds_config = {
-            "train_micro_batch_size_per_gpu": tr["batch_size"],
+            "train_micro_batch_size_per_gpu": tr.batch_size,
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": tr["grad_clip"],
-            "zero_optimization": {"stage": tr["zero_stage"]},
+            "gradient_clipping": tr.grad_clip,
+            "zero_optimization": {"stage": tr.zero_stage},
             # torch_adam: no 140 s fused_adam JIT on the CPU
             "optimizer": {
                 "type": "AdamW",
-                "params": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "torch_adam": True},
+                "params": {"lr": tr.lr, "weight_decay": tr.weight_decay, "torch_adam": True},
             },
         }
         engine, *_ = deepspeed.initialize(model=llm, model_parameters=params, config=ds_config)
     else:
-        optimizer = torch.optim.AdamW(params, lr=tr["lr"], weight_decay=tr["weight_decay"])
+        optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     losses, tokens, start = [], 0, time.perf_counter()
-    for step in range(tr["steps"]):
-        batch = collate(sampler.next_batch(tr["batch_size"]), model.builder.pad, data["max_length"])
+    for step in range(tr.steps):
+        batch = collate(sampler.next_batch(tr.batch_size), model.builder.pad, data.max_length)
         tokens += int(batch["attention_mask"].sum())
         if engine is not None:
             loss = engine(**batch).loss
@@ -174,14 +204,14 @@ def train(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
             loss = llm(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if tr["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, tr["grad_clip"])
+            if tr.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
             optimizer.step()
         losses.append(float(loss.detach()))
-        if rank == 0 and tr["log_every"] and (step % tr["log_every"] == 0 or step == tr["steps"] - 1):
+        if rank == 0 and tr.log_every and (step % tr.log_every == 0 or step == tr.steps - 1):
             print(f"step {step} loss {losses[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - start
-    out = Path(cfg["model"]["out"])
+    out = Path(cfg.model.out)
     adapter = out / "adapter"
     llm.eval()
     if rank == 0:

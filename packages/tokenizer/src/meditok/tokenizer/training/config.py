@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import MedITokConfig
+from ..typed_config import load_typed_config
 
 
 @dataclass
@@ -124,6 +123,9 @@ class RunConfig:
     progress: bool = True
     plots: bool = True  # rank 0, at the end: loss.png and reconstructions.png beside log.jsonl
     resume: str | None = None  # a checkpoint directory, or "auto" (latest in output_dir/checkpoints)
+    # A step whose loss or gradients are NaN/inf is skipped (nothing applied, counted in log.jsonl "nonfinite_steps");
+    # this many in a row stop the run with an error. Checkpoints and exports never hold non-finite weights.
+    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -174,91 +176,16 @@ class TrainConfig:
             problems.append(f"data.image_size must be a multiple of {patch}, got {self.data.image_size}")
         if self.run.steps < 1:
             problems.append("run.steps must be at least 1")
+        if self.run.max_nonfinite_steps < 1:
+            problems.append(f"run.max_nonfinite_steps must be at least 1, got {self.run.max_nonfinite_steps}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         return self
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if value is None:
-        if annotation is type(None) or type(None) in args:
-            return None
-        raise ValueError(f"{where}: null is not allowed")
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, where) for v, a in zip(value, args))
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        return str(value)
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config keys {[f'{where}{k}' for k in unknown]}; known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}{name}.")
-        else:
-            kwargs[name] = _convert(value, hint, f"{where}{name}")
-    return cls(**kwargs)
-
-
-def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {dotted}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
-
-
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """Read a YAML file (or start from the defaults) and apply `section.key=value` overrides (YAML-typed values)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), raw)
-    return _build(TrainConfig, data, "").validate()
+    return load_typed_config(TrainConfig, path, overrides).validate()
 
 
 def steps_from_fraction(fraction: float, total: int) -> int:
