@@ -65,8 +65,12 @@ def read_2d(
     slice_index: int | None = None,
     plane: Plane = "axial",
     ct_bias: int = 0,
+    max_pixels: int | None = None,
 ) -> MedicalImage:
     """Any supported file or its bytes as one 2-D image in physical units.
+
+    ``max_pixels``: a DICOM declaring more values (rows x columns x frames x samples) is refused from its header,
+    before decoding (default `meditok.data.readers.MAX_PIXELS`).
 
     A volume (NIfTI, DICOM series folder, .inv3) gives its middle ``plane`` slice unless ``slice_index`` is given; a
     multi-frame DICOM gives ``frame`` (default: the middle frame, as a manifest row of the whole file does). Bytes may hold DICOM, NIfTI (.nii or .nii.gz) or a raster image.
@@ -75,7 +79,7 @@ def read_2d(
         data = bytes(source)
         label = Path(name or "<image bytes>")
         if is_dicom_bytes(data[:132]):
-            image = read_dicom(label, modality=modality, data=data)
+            image = read_dicom(label, modality=modality, data=data, max_pixels=max_pixels)
         elif looks_like_nifti_bytes(data):
             return _middle_slice(_nifti_from_bytes(data, label, modality), plane, slice_index)
         else:
@@ -89,7 +93,10 @@ def read_2d(
                 return _middle_slice(volume, plane, slice_index)
             except IndexError as exc:
                 raise MedicalImageError(path, str(exc).split(": ", 1)[-1]) from None
-        image = read_image(path, modality=modality, frame=frame, ct_bias=ct_bias)
+        if kind == "dicom" and max_pixels is not None:
+            image = read_dicom(path, frame=frame, modality=modality, max_pixels=max_pixels)
+        else:
+            image = read_image(path, modality=modality, frame=frame, ct_bias=ct_bias)
     if image.num_frames > 1:
         image = image.frame(image.num_frames // 2 if frame is None else frame)
     return image
@@ -100,6 +107,6 @@ def load_unit_image(
 ) -> tuple[np.ndarray, MedicalImage]:
     """`read_2d` then `unit_image`: (pixels in [0, 1] for the tokenizer's `preprocess`, the image they came from).
 
-    ``options``: `read_2d`'s keywords (name, modality, frame, slice_index, plane, ct_bias)."""
+    ``options``: `read_2d`'s keywords (name, modality, frame, slice_index, plane, ct_bias, max_pixels)."""
     image = read_2d(source, **options)
     return unit_image(image, spec), image

@@ -28,6 +28,13 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs"}
+MAX_PIXELS = 2**28
+"""The most values (rows x columns x frames x samples per pixel) a DICOM may declare before `read_dicom` refuses it,
+checked from the header *before* any pixel data is decoded or a deflated data set is inflated (268 M values: a
+16384 x 16384 picture, or 1024 frames of 512 x 512). Every door can pass its own ``max_pixels=`` (the vLLM plugin passes
+``VLLM_MAX_IMAGE_PIXELS``); 0 or less disables the check. Change the default for a process with
+``meditok.data.readers.MAX_PIXELS = ...``."""
+DEFLATED_HEADER_BYTES = 1 << 24  # a deflated data set's elements before the pixel data must inflate within 16 MiB
 CODECS_HINT = "install the optional decoders: pip install 'meditok-data[dicom-codecs]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 
 # MedMNIST file stem → modality (MedMNIST v2/v3 data flags).
@@ -121,7 +128,93 @@ def _dicom_value(ds: Any, keyword: str, sequence: str) -> Any:
     return value if value is not None else _functional_group_value(ds, sequence, keyword)
 
 
-def _read_dicom_dataset(path: Path, stop_before_pixels: bool = False, data: bytes | None = None) -> Any:
+def check_dicom_size(path: Path, ds: Any, max_pixels: int | None = None) -> None:
+    """MedicalImageError naming the file and the sizes if the header declares more than ``max_pixels`` values (rows x
+    columns x frames x samples per pixel; None: `MAX_PIXELS`, 0 or less: no limit)."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if limit <= 0:
+        return
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames, samples = int(ds.get("NumberOfFrames") or 1), int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError) as exc:
+        raise MedicalImageError(path, f"unreadable DICOM image size in the header ({exc})") from None
+    total = rows * columns * max(frames, 1) * max(samples, 1)
+    if total > limit:
+        raise MedicalImageError(
+            path,
+            f"DICOM header declares {rows} x {columns} pixels x {frames} frame(s) x {samples} sample(s) = {total} "
+            f"values, more than the limit of {limit} (meditok.data.readers.MAX_PIXELS or max_pixels=); not decoded",
+        )
+
+
+def _is_deflated(prefix: bytes) -> bool:
+    """The file meta (in the first bytes of a file) names Deflated Explicit VR Little Endian."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        fp = io.BytesIO(prefix)
+        read_preamble(fp, False)
+        return _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except Exception:  # noqa: BLE001 - not a readable file meta: pydicom's own reader reports it
+        return False
+
+
+def _read_deflated(path: Path, blob: bytes, stop_before_pixels: bool, max_pixels: int | None) -> Any:
+    """A Deflated Explicit VR Little Endian file read with bounded inflation (pydicom inflates the whole data set
+    before anything can look at its header: a 0.5 MB file can become GBs): the header part first, its size checked,
+    then at most what that size needs."""
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    fp = io.BytesIO(blob)
+    preamble = read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: Any = memoryview(blob)[fp.tell() :]
+    head, want = b"", 1 << 18
+    while True:  # inflate the header in growing steps until the pixel data element (or the end) is reached
+        head += inflater.decompress(pending, want - len(head))
+        pending = inflater.unconsumed_tail
+        reached: list[bool] = []
+
+        def at_pixels(tag: Any, vr: Any, length: int, reached: list[bool] = reached) -> bool:
+            if int(tag) in (0x7FE00008, 0x7FE00009, 0x7FE00010):
+                reached.append(True)
+                return True
+            return False
+
+        header = read_dataset(DicomBytesIO(head), False, True, stop_when=at_pixels)
+        if reached or inflater.eof:
+            break
+        if len(head) >= DEFLATED_HEADER_BYTES:
+            raise MedicalImageError(path, f"deflated DICOM header larger than {DEFLATED_HEADER_BYTES} bytes inflated")
+        want = min(want * 4, DEFLATED_HEADER_BYTES)
+    if not stop_before_pixels:
+        check_dicom_size(path, header, max_pixels)
+    if stop_before_pixels or inflater.eof:
+        dataset = header if stop_before_pixels else read_dataset(DicomBytesIO(head), False, True)
+    else:
+        values = int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+        values *= max(int(header.get("NumberOfFrames") or 1), 1) * max(int(header.get("SamplesPerPixel") or 1), 1)
+        bits = max(int(header.get("BitsAllocated") or 8), 64 if "DoubleFloatPixelData" in header else 8)
+        budget = values * ((bits + 7) // 8) + (1 << 20)  # the pixel data plus 1 MiB of trailing elements
+        rest = inflater.decompress(pending, budget)
+        if not inflater.eof:
+            raise MedicalImageError(
+                path, f"deflated data set inflates beyond the {len(head) + budget} bytes its header declares"
+            )
+        dataset = read_dataset(DicomBytesIO(head + rest), False, True)
+    ds = FileDataset(str(path), dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _read_dicom_dataset(
+    path: Path, stop_before_pixels: bool = False, data: bytes | None = None, max_pixels: int | None = None
+) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -129,7 +222,19 @@ def _read_dicom_dataset(path: Path, stop_before_pixels: bool = False, data: byte
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = io.BytesIO(data) if data is not None else path
-            ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+            if data is not None:
+                prefix = data[:65536]
+            else:
+                with open(path, "rb") as file:
+                    prefix = file.read(65536)
+            if _is_deflated(prefix):
+                ds = _read_deflated(
+                    path, data if data is not None else path.read_bytes(), stop_before_pixels, max_pixels
+                )
+            else:
+                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+    except MedicalImageError:
+        raise
     except FileNotFoundError:
         raise MedicalImageError(path, "file does not exist") from None
     except InvalidDicomError as exc:
@@ -169,13 +274,20 @@ def _dicom_modality(ds: Any) -> str | None:
 
 
 def read_dicom(
-    path: str | Path, *, frame: int | None = None, modality: str | None = None, data: bytes | None = None
+    path: str | Path,
+    *,
+    frame: int | None = None,
+    modality: str | None = None,
+    data: bytes | None = None,
+    max_pixels: int | None = None,
 ) -> MedicalImage:
     """One DICOM file (all frames unless ``frame`` is given); CT → HU, MONOCHROME1 inverted, colour → RGB uint8.
 
-    ``data``: the file's bytes, read in memory (an upload); ``path`` then only names it in messages."""
+    ``data``: the file's bytes, read in memory (an upload); ``path`` then only names it in messages. ``max_pixels``:
+    the most rows x columns x frames x samples the header may declare (default `MAX_PIXELS`), checked before decoding."""
     path = Path(path)
-    ds = _read_dicom_dataset(path, data=data)
+    ds = _read_dicom_dataset(path, data=data, max_pixels=max_pixels)
+    check_dicom_size(path, ds, max_pixels)
     num_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frame is not None and not 0 <= frame < num_frames:
         raise MedicalImageError(path, f"frame {frame} out of range: the file has {num_frames} frame(s)")

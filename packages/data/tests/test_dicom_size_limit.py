@@ -1,0 +1,87 @@
+"""A DICOM's declared size is checked against a pixel limit from its header, before decoding or inflating (issue 12.7):
+a small deflate-compressed file whose data set inflates to 128 MB is refused while holding a few MB."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from meditok.data import MedicalImageError
+from meditok.data.loading import read_2d
+from meditok.data.readers import read_dicom
+
+
+def _dicom(rows: int, cols: int, pixel_data: bytes, deflated: bool = True) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "OT", rows, cols, 1
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = pixel_data
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """8000 x 8000 16-bit zeros, deflated: 128 MB of data set in a file of about 125 KB."""
+    data = _dicom(8000, 8000, bytes(8000 * 8000 * 2))
+    assert len(data) < 1_000_000
+    return data
+
+
+def test_a_deflated_bomb_is_refused_from_its_header_without_inflating(bomb, tmp_path):
+    limit = 2000 * 2000
+    tracemalloc.start()
+    try:
+        with pytest.raises(MedicalImageError) as caught:
+            read_dicom("upload.dcm", data=bomb, max_pixels=limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert message.startswith("upload.dcm:")
+    assert "8000 x 8000" in message and str(8000 * 8000) in message and str(limit) in message
+    assert peak < 8 * 2**20, peak  # pydicom alone inflates all 128 MB before anyone sees the header
+    # the module-level default applies to every door: read_2d on bytes and on a file
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(bomb)
+    with pytest.raises(MedicalImageError, match="bomb.dcm: DICOM header declares 8000 x 8000"):
+        read_2d(path, max_pixels=limit)
+    with pytest.raises(MedicalImageError, match="8000 x 8000"):
+        read_2d(bomb, name="x.dcm", max_pixels=limit)
+
+
+def test_the_default_limit_and_files_within_it(monkeypatch):
+    from meditok.data import readers
+
+    pixels = (np.arange(64 * 48, dtype=np.uint16) * 7).reshape(64, 48)
+    for deflated in (True, False):
+        data = _dicom(64, 48, pixels.tobytes(), deflated=deflated)
+        image = read_dicom("small.dcm", data=data)
+        assert np.array_equal(image.pixels, pixels), deflated
+        monkeypatch.setattr(readers, "MAX_PIXELS", 64 * 48 - 1)
+        with pytest.raises(MedicalImageError, match=f"= {64 * 48} values, more than the limit of {64 * 48 - 1}"):
+            read_dicom("small.dcm", data=data)
+        assert read_dicom("small.dcm", data=data, max_pixels=0).pixels.shape == (64, 48)  # 0: no limit
+        monkeypatch.undo()
+
+
+def test_a_deflated_data_set_larger_than_its_header_declares_is_refused():
+    # the header says 64 x 48 (6 KB of pixels) but the pixel data element holds 40 MB (more than the 16 MiB of header
+    # that are inflated before the size is known)
+    data = _dicom(64, 48, bytes(40 * 2**20))
+    with pytest.raises(MedicalImageError, match="inflates beyond"):
+        read_dicom("liar.dcm", data=data)
