@@ -66,10 +66,46 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        _check_inputs(args)
         return _run(args)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"meditok-ar {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every path a command reads (and the folder it writes into) checked before any model loads: one-line errors."""
+
+    def need(path: str | None, what: str, folder: bool | None = None) -> None:
+        if path is None:
+            return
+        target = Path(path)
+        if not target.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory ({what})")
+        if folder is True and not target.is_dir():
+            raise ValueError(f"{path}: not a folder ({what})")
+        if folder is False and target.is_dir():
+            raise ValueError(f"{path}: is a directory; expected a file ({what})")
+
+    command = args.command
+    if command in ("answer", "generate-image", "serve", "info"):
+        need(args.model, "the model folder", folder=True)
+    if command == "answer":
+        from meditok.tokenizer.image_files import check_image_header, load_image
+
+        check_image_header(args.image)  # missing, a directory, not an image, a decompression-bomb header
+        load_image(args.image)  # the pixels themselves (one image; non-finite, unreadable DICOM/NIfTI)
+    if command == "generate-image":
+        if any(side <= 0 or side % 16 for side in args.size):
+            raise ValueError(f"--size {' '.join(map(str, args.size))}: sides must be positive multiples of 16")
+        need(str(Path(args.out).resolve().parent), "the folder of -o", folder=True)
+    if command == "pretokenize":
+        need(args.manifest, "the manifest", folder=False)
+        need(args.tokenizer, "--tokenizer")
+    if command == "train":
+        need(args.config, "--config", folder=False)
+    if command == "merge":
+        need(args.adapter, "the adapter folder", folder=True)
 
 
 def _run(args: argparse.Namespace) -> int:
