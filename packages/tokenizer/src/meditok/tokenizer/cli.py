@@ -11,6 +11,12 @@
 `format` ("meditok-codes-v1"). Every file goes through the image-input contract (`MedITok.prepare`): PNG/JPEG/TIFF/BMP
 are always readable, DICOM and NIfTI (its middle axial slice) need `meditok-data`; `--size/--resize/--resampler/
 --ct-window/--percentiles` override the settings recorded in the weights' config.json.
+
+Inputs are checked before any weights load: a missing path is a one-line error; a directory is walked recursively for
+image files; a file that cannot be read is skipped, named with its reason and counted (`--strict` stops at the first).
+An image squashed (`--resize squash`) more than `SQUASH_ASPECT_WARNING` (2x) out of proportion gets one warning
+(`--resize pad` / `native` keep the aspect ratio); dropped alpha is said once; a volume says which slice it gives (the
+middle axial one, as `meditok.data.read_2d`), and `reconstruct` names its output `<name>_slice<i>_recon.png`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .preprocessing import RESAMPLERS, RESIZE_POLICIES
+from .image_files import IMAGE_SUFFIXES
+from .preprocessing import RESAMPLERS, RESIZE_POLICIES, ImageInput
 
 CODES_FORMAT = "meditok-codes-v1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,36 +62,171 @@ def _image_overrides(args: argparse.Namespace) -> dict:
             "percentiles": percentiles}  # fmt: skip
 
 
-def _batches(tok, paths: Sequence[Path], args: argparse.Namespace) -> Iterator[tuple[list[Path], torch.Tensor]]:
-    """Group consecutive images of the same prepared shape, so native-size images still batch when possible."""
-    from .image_files import ImageFileError
+# Under `--resize squash` an image whose aspect ratio differs from the output's by more than this factor gets a warning
+# (a 100x37 X-ray squashed to 256x256 is stretched 2.7x); `--resize pad` or `--resize native` keep the aspect ratio.
+SQUASH_ASPECT_WARNING = 2.0
 
-    overrides = _image_overrides(args)
-    pending: list[tuple[Path, torch.Tensor]] = []
-    for path in _progress(paths, "tokenizing"):
+
+class _Report:
+    """Skipped files (one line each, counted) and the notes a run prints once: squashed aspect ratios, dropped alpha."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.total = 0
+        self.skipped: list[str] = []
+        self.squashed: list[str] = []
+        self.alpha: list[str] = []
+
+    def skip(self, reason: str) -> None:
+        if self.strict:
+            raise CLIError(f"{reason} (--strict: stopped at the first unreadable file)")
+        self.skipped.append(reason)
+        _tell(f"skipped {reason}")
+
+    def check(self, header, pixels: np.ndarray, source, spec) -> None:
+        path = header.path
+        if header.has_alpha:
+            if not self.alpha:
+                _tell(f"note: {path} has an alpha channel ({header.mode}); alpha is dropped (the RGB/gray pixels are "
+                      "tokenised as they are)")  # fmt: skip
+            self.alpha.append(str(path))
+        height, width = pixels.shape[:2]
+        if spec.resize == "squash":
+            out_h, out_w = spec.output_size
+            distortion = (width / height) / (out_w / out_h)
+            if max(distortion, 1 / distortion) > SQUASH_ASPECT_WARNING:
+                if not self.squashed:
+                    _tell(f"warning: {path} is {width}x{height} and is squashed to {out_w}x{out_h} "
+                          f"({max(distortion, 1 / distortion):.1f}x out of proportion) under --resize squash; "
+                          "--resize pad or --resize native keep the aspect ratio")  # fmt: skip
+                self.squashed.append(str(path))
+        metadata = getattr(source, "metadata", None) or {}
+        if "slice" in metadata:
+            _tell(f"note: {path} is a volume; using its middle {metadata.get('plane', 'axial')} slice "
+                  f"(index {metadata['slice']}), as meditok.data.read_2d does")  # fmt: skip
+        elif "frame" in metadata:
+            _tell(f"note: {path} has several frames; using frame {metadata['frame']}, as meditok.data.read_2d does")
+
+    def finish(self) -> None:
+        if len(self.squashed) > 1:
+            _tell(f"warning: {len(self.squashed)} image(s) squashed by more than {SQUASH_ASPECT_WARNING:g}x")
+        if len(self.alpha) > 1:
+            _tell(f"note: alpha dropped from {len(self.alpha)} image(s)")
+        if self.skipped:
+            _tell(f"skipped {len(self.skipped)} of {self.total} file(s) (--strict stops at the first)")
+
+
+def _tell(message: str) -> None:
+    """One line on stderr, above the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _output_path(root: Path, name: str, tail: str) -> Path:
+    """``root``/``name`` without its image suffix + ``tail``; names holding ".." or an absolute path keep their last
+    part only (names in a codes file are not trusted)."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
+        parts = (PurePosixPath(name).name or "image",)
+    last = parts[-1]
+    for suffix in (".nii.gz", *IMAGE_SUFFIXES):
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+            break
+    else:
+        last = Path(last).stem or last
+    return root.joinpath(*parts[:-1], f"{last}{tail}")
+
+
+def _check_inputs(args: argparse.Namespace) -> list[tuple[object, str]]:
+    """Every input path and the image-input settings checked before any weights load: missing paths and directories
+    without images are one-line errors; a file that fails the header check is skipped and counted (or stops the run
+    under --strict). Returns [(header, name)] of the files to tokenise."""
+    from .api import read_image_input
+    from .image_files import ImageFileError, check_image_header, expand_inputs
+
+    if not args.weights.exists():
+        raise CLIError(f"{args.weights}: no such file or directory (--weights)")
+    if args.output.exists() and args.output.is_dir() != (args.command == "reconstruct"):
+        kind = "a directory" if args.output.is_dir() else "a file"
+        raise CLIError(
+            f"{args.output}: -o is {kind}; expected {'a directory' if args.command == 'reconstruct' else 'a .npz file name'}"
+        )
+    try:
+        files, names, ignored = expand_inputs(args.images)
+    except ImageFileError as exc:
+        raise CLIError(str(exc)) from None
+    for directory, count in ignored.items():
+        _tell(f"{directory}: {count} file(s) without an image suffix ignored")
+    base = read_image_input(args.weights) if args.weights.is_dir() else ImageInput()
+    base.with_overrides(**_image_overrides(args))  # a bad --size / --ct-window fails here, not after the weights load
+    report = args.report
+    report.total = len(files)
+    checked = []
+    for path, name in zip(files, names):
         try:
-            tensor = tok.prepare(path, **overrides)
+            checked.append((check_image_header(path), name))
         except ImageFileError as exc:
-            raise CLIError(str(exc)) from None
-        except ValueError as exc:
-            raise CLIError(f"{path}: {exc}") from None
+            report.skip(str(exc))
+    if not checked:
+        raise CLIError(f"no readable image among {len(files)} file(s)")
+    return checked
+
+
+def _batches(
+    tok, inputs: Sequence[tuple[object, str]], args: argparse.Namespace
+) -> Iterator[tuple[list, torch.Tensor]]:
+    """Group consecutive images of the same prepared shape, so native-size images still batch when possible.
+
+    Each file goes through `MedITok.prepare`'s steps (load_image, then preprocess with the model's image_input and the
+    command line's overrides); a file that fails is skipped and counted (`--strict`: stops the run)."""
+    from .image_files import ImageFileError, load_image_with_source
+    from .preprocessing import preprocess
+
+    spec = tok.image_input.with_overrides(**_image_overrides(args))
+    report = args.report
+    pending: list[tuple[tuple, torch.Tensor]] = []
+    for header, name in _progress(inputs, "tokenizing"):
+        path = header.path
+        try:
+            pixels, source = load_image_with_source(path, spec)
+            tensor = preprocess(pixels, spec)
+        except ImageFileError as exc:
+            report.skip(str(exc))
+            continue
+        except (ValueError, TypeError) as exc:
+            report.skip(f"{path}: {exc}")
+            continue
+        except MemoryError:
+            report.skip(f"{path}: out of memory reading it")
+            continue
+        report.check(header, pixels, source, spec)
+        metadata = getattr(source, "metadata", None) or {}
+        item = (path, name, metadata.get("slice"))
         if pending and (len(pending) == args.batch_size or pending[0][1].shape != tensor.shape):
             yield [p for p, _ in pending], torch.cat([t for _, t in pending])
             pending = []
-        pending.append((path, tensor))
+        pending.append((item, tensor))
     if pending:
         yield [p for p, _ in pending], torch.cat([t for _, t in pending])
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    inputs = _check_inputs(args)
     tok = _load_tokenizer(args)
     arrays, names = {}, []
-    for paths, batch in _batches(tok, args.images, args):
+    for items, batch in _batches(tok, inputs, args):
         grid = (batch.shape[-2] // 16, batch.shape[-1] // 16)
-        codes = tok.encode(batch).reshape(len(paths), -1, *grid)
-        for path, code in zip(paths, codes):
+        codes = tok.encode(batch).reshape(len(items), -1, *grid)
+        for (_, name, _), code in zip(items, codes):
             arrays[f"codes_{len(names)}"] = code.cpu().numpy().astype(np.uint16)
-            names.append(path.name)
+            names.append(name)
+    args.report.finish()
+    if not names:
+        raise CLIError(f"no readable image among {args.report.total} file(s); nothing written")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.output, names=np.array(names), format=np.array(CODES_FORMAT), **arrays)
     print(f"wrote codes of {len(names)} image(s) to {args.output}")
@@ -108,6 +250,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .preprocessing import to_pil
 
     items = load_codes(args.codes)
+    if not args.weights.exists():
+        raise CLIError(f"{args.weights}: no such file or directory (--weights)")
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
     for name, codes in _progress(items, "decoding"):
@@ -115,7 +259,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
             image = tok.decode(torch.from_numpy(codes.astype(np.int64)).unsqueeze(0))
         except ValueError as exc:
             raise CLIError(f"{args.codes} [{name}]: {exc}") from None
-        to_pil(image)[0].save(args.output / f"{Path(name).stem}.png")
+        out = _output_path(args.output, name, ".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        to_pil(image)[0].save(out)
     print(f"wrote {len(items)} image(s) to {args.output}")
     return 0
 
@@ -125,18 +271,24 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .preprocessing import psnr, to_uint8
 
+    inputs = _check_inputs(args)
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
     scores = []
-    for paths, batch in _batches(tok, args.images, args):
+    for items, batch in _batches(tok, inputs, args):
         recon = tok.reconstruct(batch)
-        for path, original, rebuilt in zip(paths, batch, recon):
+        for (_, name, slice_index), original, rebuilt in zip(items, batch, recon):
             score = psnr(original.unsqueeze(0), rebuilt.unsqueeze(0))
             scores.append(score)
             side_by_side = np.concatenate([to_uint8(original), to_uint8(rebuilt)], axis=1)
-            out = args.output / f"{path.stem}_recon.png"
+            tail = "_recon.png" if slice_index is None else f"_slice{slice_index}_recon.png"
+            out = _output_path(args.output, name, tail)
+            out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(side_by_side).save(out)
-            print(f"{path.name}: PSNR {score:.2f} dB -> {out}")
+            print(f"{name}: PSNR {score:.2f} dB -> {out}")
+    args.report.finish()
+    if not scores:
+        raise CLIError(f"no readable image among {args.report.total} file(s); nothing written")
     if len(scores) > 1:
         print(f"mean PSNR over {len(scores)} images: {np.mean(scores):.2f} dB")
     return 0
@@ -202,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
 
     def image_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("images", nargs="+", type=Path)
+        p.add_argument("images", nargs="+", type=Path, help="image files or directories (walked recursively)")
+        p.add_argument(
+            "--strict", action="store_true", help="stop at the first unreadable file (default: skip it and count it)"
+        )
         # Unset flags keep the settings recorded in the weights' config.json (the reference's for a .pth).
         p.add_argument("--size", type=int, help="square side for squash/crop/pad/shorter (multiple of 16)")
         p.add_argument("--resize", choices=RESIZE_POLICIES)
@@ -251,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    args.report = _Report(getattr(args, "strict", False))
     if getattr(args, "batch_size", 1) < 1:
         print("meditok: error: --batch-size must be at least 1", file=sys.stderr)
         return 2

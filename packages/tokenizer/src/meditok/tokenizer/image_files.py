@@ -10,6 +10,7 @@ NIfTI then stop with a one-line error naming the file and the install command.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,14 @@ def load_image(
     Volumes give their middle axial slice and multi-frame DICOMs their first frame (meditok-data's `read_2d`).
     ``name`` labels bytes in messages (an upload's file name).
     """
+    return load_image_with_source(source, spec, name)[0]
+
+
+def load_image_with_source(
+    source: str | os.PathLike | bytes, spec: ImageInput | None = None, name: str | None = None
+) -> tuple[np.ndarray, object | None]:
+    """`load_image`, also returning meditok-data's `MedicalImage` the pixels came from (None when read by PIL): its
+    ``metadata`` says which slice of a volume ("plane", "slice") or frame was taken."""
     spec = spec or ImageInput()
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else None
     label = name or ("<image bytes>" if data is not None else str(source))
@@ -62,9 +71,11 @@ def load_image(
     load_unit_image, medical_error = _data_loader()
     if load_unit_image is not None:
         try:
-            return load_unit_image(data if data is not None else source, spec, name=name)[0]
+            return load_unit_image(data if data is not None else source, spec, name=name)
         except medical_error as exc:
             raise ImageFileError(str(exc)) from None
+        except _pil_bomb_error() as exc:
+            raise ImageFileError(f"{label}: image too large ({exc})") from None
     lowered = label.lower()
     dicom = is_dicom_bytes(data[: DICOM_MAGIC_OFFSET + 4]) if data is not None else is_dicom_file(source)  # type: ignore[arg-type]
     if dicom or lowered.endswith(MEDICAL_SUFFIXES):
@@ -76,8 +87,136 @@ def load_image(
     try:
         with Image.open(io.BytesIO(data) if data is not None else source) as image:
             image.load()
-            return unit_pixels(image, spec.percentiles)
+            return unit_pixels(image, spec.percentiles), None
+    except Image.DecompressionBombError as exc:
+        raise ImageFileError(f"{label}: image too large ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageFileError(f"{label}: not a recognised image format ({exc})") from None
     except (TypeError, ValueError) as exc:
         raise ImageFileError(f"{label}: {exc}") from None
+
+
+def _pil_bomb_error() -> type[Exception]:
+    from PIL import Image
+
+    return Image.DecompressionBombError
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+# Cheap checks the command lines run on every input path before they load any weights.
+
+# Raster suffixes a directory walk takes (meditok-data reads the same set); DICOM files without a suffix are found by
+# their "DICM" magic.
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + MEDICAL_SUFFIXES
+ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a header check found: ``kind`` "dicom" / "nifti" / "raster"; for rasters PIL's size (w, h) and mode."""
+
+    path: Path
+    kind: str
+    size: tuple[int, int] | None = None
+    mode: str | None = None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.mode in ALPHA_MODES
+
+
+def check_image_header(path: str | os.PathLike) -> ImageHeader:
+    """A cheap check that ``path`` is an image file the contract can read, without decoding pixels.
+
+    Raises `ImageFileError` (one line naming the file) for a missing path, a directory, a FIFO or other non-regular
+    file, an empty file, a raster PIL cannot identify, or a raster whose header declares more pixels than PIL's
+    ``Image.MAX_IMAGE_PIXELS`` (the decompression-bomb limit, ~89 M pixels by default). DICOM and NIfTI are recognised
+    by magic / suffix; meditok-data checks their headers when it reads them.
+    """
+    import stat
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError:
+        raise ImageFileError(f"{path}: no such file") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageFileError(f"{path}: is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageFileError(f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise ImageFileError(f"{path}: empty file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(NIFTI_HEADER_BYTES)
+    except OSError as exc:
+        raise ImageFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lowered = path.name.lower()
+    if is_dicom_bytes(head) or lowered.endswith((".dcm", ".dicom", ".ima")):
+        return ImageHeader(path, "dicom")
+    if lowered.endswith((".nii", ".nii.gz")) or head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return ImageHeader(path, "nifti")
+    if lowered.endswith(".inv3"):
+        return ImageHeader(path, "volume")
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            mode = image.mode
+            if image.info.get("transparency") is not None and mode in ("P", "L", "RGB"):
+                mode = {"P": "PA", "L": "LA", "RGB": "RGBA"}[mode]
+    except Image.DecompressionBombError as exc:
+        raise ImageFileError(f"{path}: image too large ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageFileError(f"{path}: not a recognised image format ({exc})") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ImageFileError(f"{path}: image too large ({width}x{height} pixels, more than the {limit} pixel limit)")
+    return ImageHeader(path, "raster", (width, height), mode)
+
+
+NIFTI_HEADER_BYTES = 348
+
+
+def _looks_like_image(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES) or (not path.suffix and is_dicom_file(path))
+
+
+def expand_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str], dict[Path, int]]:
+    """Command-line inputs -> image files: files as given, directories walked recursively (sorted, hidden entries
+    skipped) for files with an image suffix (`IMAGE_SUFFIXES`) or DICOM magic.
+
+    Returns (files, their names: a file's name, or "DIR/sub/file" for a file found in DIR, {directory: number of other
+    files it held}). Raises `ImageFileError` for a path that does not exist or a directory without image files, before
+    anything expensive runs.
+    """
+    files: list[Path] = []
+    names: list[str] = []
+    ignored: dict[Path, int] = {}
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found, other = [], 0
+            for child in sorted(path.rglob("*")):
+                relative = child.relative_to(path)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue
+                if child.is_file():
+                    if _looks_like_image(child):
+                        found.append(child)
+                        names.append((Path(path.resolve().name) / relative).as_posix())
+                    else:
+                        other += 1
+            if not found:
+                raise ImageFileError(f"{path}: directory holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+            if other:
+                ignored[path] = other
+        elif path.exists() or path.is_symlink():
+            files.append(path)
+            names.append(path.name)
+        else:
+            raise ImageFileError(f"{path}: no such file or directory")
+    return files, names, ignored
