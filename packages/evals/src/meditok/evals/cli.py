@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from meditok.evals.errors import EvalError
+from meditok.evals.report import Report
 from meditok.tokenizer.preprocessing import RESAMPLERS, RESIZE_POLICIES
 
 
@@ -154,239 +155,279 @@ def _image_input(args, base=None):
     return image_input_of(args, getattr(args, "weights", None), base)
 
 
-def run(args) -> Path:  # noqa: C901 - one branch per subcommand
-    from meditok.evals.report import Report
+def _cmd_recon(args: argparse.Namespace) -> Report:
+    """`meditok-eval recon`: reconstruction quality (PSNR, SSIM, LPIPS, rFID) of each tokenizer per modality."""
+    from meditok.evals.data import load_eval_set, load_manifest
+    from meditok.evals.perceptual import InceptionFeatures, load_lpips, resolve_inception
+    from meditok.evals.recon import evaluate_recon, write_recon_report
 
     progress = not args.quiet
-    cmd = args.command
-    if cmd == "recon":
-        from meditok.evals.data import load_eval_set, load_manifest
-        from meditok.evals.perceptual import InceptionFeatures, load_lpips, resolve_inception
-        from meditok.evals.recon import evaluate_recon, write_recon_report
-
-        spec = _image_input(args)
-        load_manifest(args.data)
-        lpips = load_lpips(args.lpips)
-        if not args.no_fid:
-            resolve_inception(args.inception)
-        adapters = _adapters(args)
-        inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
-        data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
-        results, recons = evaluate_recon(
-            data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
+    spec = _image_input(args)
+    load_manifest(args.data)
+    lpips = load_lpips(args.lpips)
+    if not args.no_fid:
+        resolve_inception(args.inception)
+    adapters = _adapters(args)
+    inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
+    data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    results, recons = evaluate_recon(
+        data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
+    )
+    report = Report(args.out, "meditok-eval recon")
+    notes, skipped = [], {}
+    if lpips is None:
+        skipped["lpips"] = (
+            "no --lpips given: LPIPS needs VGG16 LPIPS weights from a local file (nothing is downloaded); "
+            "enable it with --lpips PATH (a state dict in the lpips layout, e.g. UniTok's lpips_with_vgg.pth, "
+            "or a save_aux directory)"
         )
-        report = Report(args.out, "meditok-eval recon")
-        notes, skipped = [], {}
-        if lpips is None:
-            skipped["lpips"] = (
-                "no --lpips given: LPIPS needs VGG16 LPIPS weights from a local file (nothing is downloaded); "
-                "enable it with --lpips PATH (a state dict in the lpips layout, e.g. UniTok's lpips_with_vgg.pth, "
-                "or a save_aux directory)"
-            )
-            notes.append(f"**LPIPS skipped** ({skipped['lpips']}); its columns show –.")
-        if args.no_fid:
-            skipped["rfid"] = "--no-fid"
-            notes.append("**rFID skipped** (--no-fid); its columns show –.")
+        notes.append(f"**LPIPS skipped** ({skipped['lpips']}); its columns show –.")
+    if args.no_fid:
+        skipped["rfid"] = "--no-fid"
+        notes.append("**rFID skipped** (--no-fid); its columns show –.")
+    else:
+        notes.append(f"FID Inception: `{inception.path}`.")
+    write_recon_report(report, data, results, recons, notes)
+    report.metrics["lpips_weights"] = str(args.lpips) if args.lpips else None
+    report.metrics["skipped"] = skipped
+    return report
+
+
+def _cmd_codebook(args: argparse.Namespace) -> Report:
+    """`meditok-eval codebook`: codebook usage and perplexity of MedITok's codes per modality."""
+    from meditok.evals.adapters import load_meditok
+    from meditok.evals.codebook import evaluate_codebook, write_codebook_report
+    from meditok.evals.data import load_eval_set, load_manifest
+
+    progress = not args.quiet
+    spec = _image_input(args)
+    load_manifest(args.data)
+    tok = load_meditok(args.weights, args.device)
+    data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
+    report = Report(args.out, "meditok-eval codebook")
+    write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
+    return report
+
+
+def _cmd_probe(args: argparse.Namespace) -> Report:
+    """`meditok-eval probe`: linear probes on frozen features (one data set per --data)."""
+    from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz, manifest_label_matrix
+    from meditok.evals.probe import evaluate_probe, write_probe_report
+
+    progress = not args.quiet
+    spec = _image_input(args)
+    for d in args.data:
+        if d.endswith(".npz"):
+            check_npz(d)
         else:
-            notes.append(f"FID Inception: `{inception.path}`.")
-        write_recon_report(report, data, results, recons, notes)
-        report.metrics["lpips_weights"] = str(args.lpips) if args.lpips else None
-        report.metrics["skipped"] = skipped
-    elif cmd == "codebook":
-        from meditok.evals.adapters import load_meditok
-        from meditok.evals.codebook import evaluate_codebook, write_codebook_report
-        from meditok.evals.data import load_eval_set, load_manifest
-
-        spec = _image_input(args)
-        load_manifest(args.data)
-        tok = load_meditok(args.weights, args.device)
-        data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
-        result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
-        report = Report(args.out, "meditok-eval codebook")
-        write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
-    elif cmd == "probe":
-        from meditok.evals.data import check_npz, load_eval_set, load_manifest, load_npz, manifest_label_matrix
-        from meditok.evals.probe import evaluate_probe, write_probe_report
-
-        spec = _image_input(args)
-        for d in args.data:
-            if d.endswith(".npz"):
-                check_npz(d)
-            else:
-                rows = load_manifest(d, label_key=args.label_key)
-                manifest_label_matrix(rows, args.label_key, True if args.multi_label else None, args.label_sep, d)
-        modes = ("features", "embed") if args.feature == "both" else (args.feature,)
-        adapters = _adapters(args, modes)
-        results = {}
-        for d in args.data:
-            data = (
-                load_npz(d, image_input=spec, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
-                if d.endswith(".npz")
-                else load_eval_set(
-                    d,
-                    image_input=spec,
-                    label_key=args.label_key,
-                    limit_per_group=args.limit_per_modality,
-                    progress=progress,
-                    multi_label=True if args.multi_label else None,
-                    label_sep=args.label_sep,
-                )
-            )
-            results[data.name] = evaluate_probe(
-                data,
-                adapters,
-                batch_size=args.batch_size,
-                test_size=args.test_size,
-                seed=args.seed,
-                c=args.C,
+            rows = load_manifest(d, label_key=args.label_key)
+            manifest_label_matrix(rows, args.label_key, True if args.multi_label else None, args.label_sep, d)
+    modes = ("features", "embed") if args.feature == "both" else (args.feature,)
+    adapters = _adapters(args, modes)
+    results = {}
+    for d in args.data:
+        data = (
+            load_npz(d, image_input=spec, max_per_split=args.max_per_split, seed=args.seed, progress=progress)
+            if d.endswith(".npz")
+            else load_eval_set(
+                d,
+                image_input=spec,
+                label_key=args.label_key,
+                limit_per_group=args.limit_per_modality,
                 progress=progress,
+                multi_label=True if args.multi_label else None,
+                label_sep=args.label_sep,
             )
-        report = Report(args.out, "meditok-eval probe")
-        write_probe_report(report, results, [])
-    elif cmd == "zeroshot":
-        from meditok.evals.adapters import load_meditok
-        from meditok.evals.data import load_eval_set, load_manifest, row_label
-        from meditok.evals.zeroshot import (
-            DEFAULT_SCALE,
-            AlignedTextTower,
-            check_alignment,
-            check_dims,
-            evaluate_zeroshot,
-            load_prompts,
-            load_text_tower,
-            resolve_alignment,
-            tower_settings,
-            write_zeroshot_report,
         )
-
-        spec = _image_input(args)
-        rows = load_manifest(args.data, label_key=args.label_key)
-        tok = load_meditok(args.weights, args.device)
-        alignment = resolve_alignment(args.weights, args.text_alignment)
-        if alignment is not None and alignment.embed_dim != tok.config.embed_dim:
-            raise EvalError(
-                f"the text alignment in {alignment.path} projects to {alignment.embed_dim}-d, the tokenizer's "
-                f"embedding is {tok.config.embed_dim}-d: it belongs to another model"
-            )
-        tw = tower_settings(args.text_tower, args.text_format, args.text_checkpoint, args.context_length, alignment)
-        tower = load_text_tower(tw["spec"], tw["fmt"], tw["checkpoint"], tw["context_length"])
-        notes = [
-            f"Text tower: `{tw['spec']}` (format {tw['fmt']}"
-            + (f", `{tw['checkpoint']}`" if tw["checkpoint"] else "")
-            + ")."
-        ]
-        scale = DEFAULT_SCALE
-        if alignment is not None:
-            check_alignment(tower, alignment)
-            tower = AlignedTextTower(tower, alignment)
-            scale = alignment.logit_scale
-            src = alignment.description.get("source") or {}
-            notes.append(
-                f"Text alignment: the stage-2 adapters exported with the tokenizer (`{alignment.path}`): "
-                f"LayerNorm({alignment.input_dim}) -> Linear({alignment.input_dim} -> {alignment.embed_dim}), "
-                f"from step {src.get('step')} of the training run; trained logit scale {scale:.4g}."
-            )
-        else:
-            notes.append(
-                "No text alignment: the tower's own output is compared with the image embedding (meaningful only if "
-                "the tower was trained into this space); scores use softmax(100 x cosine)."
-            )
-        check_dims(tok, tower)
-        labels = sorted({row_label(r, args.label_key) for r in rows})
-        classes = args.classes or labels
-        unknown = sorted(set(labels) - set(classes))
-        if unknown:
-            raise EvalError(f"the data has labels {unknown} that are not among --classes {classes}")
-        prompts = load_prompts(args.prompts, classes)
-        data = load_eval_set(
-            args.data,
-            image_input=spec,
-            label_key=args.label_key,
-            limit_per_group=args.limit_per_modality,
+        results[data.name] = evaluate_probe(
+            data,
+            adapters,
+            batch_size=args.batch_size,
+            test_size=args.test_size,
+            seed=args.seed,
+            c=args.C,
             progress=progress,
         )
-        m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress, logit_scale=scale)
-        m["text_tower"] = tw
-        m["text_alignment"] = None if alignment is None else {"path": alignment.path, **alignment.description}
-        report = Report(args.out, "meditok-eval zeroshot")
-        write_zeroshot_report(report, data, classes, m, notes)
-    elif cmd == "vqa":
-        from meditok.evals import vqa
+    report = Report(args.out, "meditok-eval probe")
+    write_probe_report(report, results, [])
+    return report
 
-        questions = [
-            q for f in args.questions for q in vqa.load_questions(f, args.image_root, check_images=not args.predictions)
-        ]
-        if args.predictions:
-            preds, name = vqa.load_predictions(args.predictions), f"`{args.predictions}`"
+
+def _cmd_zeroshot(args: argparse.Namespace) -> Report:
+    """`meditok-eval zeroshot`: zero-shot classification with a text tower (and the exported text alignment)."""
+    from meditok.evals.adapters import load_meditok
+    from meditok.evals.data import load_eval_set, load_manifest, row_label
+    from meditok.evals.zeroshot import (
+        DEFAULT_SCALE,
+        AlignedTextTower,
+        check_alignment,
+        check_dims,
+        evaluate_zeroshot,
+        load_prompts,
+        load_text_tower,
+        resolve_alignment,
+        tower_settings,
+        write_zeroshot_report,
+    )
+
+    progress = not args.quiet
+    spec = _image_input(args)
+    rows = load_manifest(args.data, label_key=args.label_key)
+    tok = load_meditok(args.weights, args.device)
+    alignment = resolve_alignment(args.weights, args.text_alignment)
+    if alignment is not None and alignment.embed_dim != tok.config.embed_dim:
+        raise EvalError(
+            f"the text alignment in {alignment.path} projects to {alignment.embed_dim}-d, the tokenizer's "
+            f"embedding is {tok.config.embed_dim}-d: it belongs to another model"
+        )
+    tw = tower_settings(args.text_tower, args.text_format, args.text_checkpoint, args.context_length, alignment)
+    tower = load_text_tower(tw["spec"], tw["fmt"], tw["checkpoint"], tw["context_length"])
+    notes = [
+        f"Text tower: `{tw['spec']}` (format {tw['fmt']}"
+        + (f", `{tw['checkpoint']}`" if tw["checkpoint"] else "")
+        + ")."
+    ]
+    scale = DEFAULT_SCALE
+    if alignment is not None:
+        check_alignment(tower, alignment)
+        tower = AlignedTextTower(tower, alignment)
+        scale = alignment.logit_scale
+        src = alignment.description.get("source") or {}
+        notes.append(
+            f"Text alignment: the stage-2 adapters exported with the tokenizer (`{alignment.path}`): "
+            f"LayerNorm({alignment.input_dim}) -> Linear({alignment.input_dim} -> {alignment.embed_dim}), "
+            f"from step {src.get('step')} of the training run; trained logit scale {scale:.4g}."
+        )
+    else:
+        notes.append(
+            "No text alignment: the tower's own output is compared with the image embedding (meaningful only if "
+            "the tower was trained into this space); scores use softmax(100 x cosine)."
+        )
+    check_dims(tok, tower)
+    labels = sorted({row_label(r, args.label_key) for r in rows})
+    classes = args.classes or labels
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise EvalError(f"the data has labels {unknown} that are not among --classes {classes}")
+    prompts = load_prompts(args.prompts, classes)
+    data = load_eval_set(
+        args.data,
+        image_input=spec,
+        label_key=args.label_key,
+        limit_per_group=args.limit_per_modality,
+        progress=progress,
+    )
+    m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress, logit_scale=scale)
+    m["text_tower"] = tw
+    m["text_alignment"] = None if alignment is None else {"path": alignment.path, **alignment.description}
+    report = Report(args.out, "meditok-eval zeroshot")
+    write_zeroshot_report(report, data, classes, m, notes)
+    return report
+
+
+def _cmd_vqa(args: argparse.Namespace) -> Report:
+    """`meditok-eval vqa`: medical VQA: score a predictions file, or answer with a served or local model first."""
+    from meditok.evals import vqa
+
+    progress = not args.quiet
+    questions = [
+        q for f in args.questions for q in vqa.load_questions(f, args.image_root, check_images=not args.predictions)
+    ]
+    if args.predictions:
+        preds, name = vqa.load_predictions(args.predictions), f"`{args.predictions}`"
+    else:
+        if args.url:
+            answerer = vqa.OpenAIChatAnswerer(args.url, args.model, args.api_key, args.timeout, args.max_tokens)
+            answerer.check()
+            answerer.name = f"{answerer.model} @ {args.url}"
         else:
-            if args.url:
-                answerer = vqa.OpenAIChatAnswerer(args.url, args.model, args.api_key, args.timeout, args.max_tokens)
-                answerer.check()
-                answerer.name = f"{answerer.model} @ {args.url}"
-            else:
-                answerer = vqa.TransformersAnswerer(args.model_path)
-            preds, name = vqa.answer_all(answerer, questions, progress), answerer.name
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            import json
+            answerer = vqa.TransformersAnswerer(args.model_path)
+        preds, name = vqa.answer_all(answerer, questions, progress), answerer.name
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        import json
 
-            (out / "predictions.jsonl").write_text(
-                "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items())
-            )
-        result = vqa.score(questions, preds, strict=not args.allow_missing)
-        report = Report(args.out, "meditok-eval vqa")
-        vqa.write_vqa_report(report, result, name, [])
-    elif cmd == "gen":
-        from meditok.evals import gen
-        from meditok.evals.data import load_eval_set, load_manifest
-        from meditok.evals.perceptual import InceptionFeatures, resolve_inception
-
-        spec = _image_input(args)
-        load_manifest(args.real)
-        resolve_inception(args.inception)
-        folder = gen.scan_folder(args.generated) if args.generated else None
-        fn = None
-        if args.generator:
-            fn = gen.load_generator(args.generator)
-        elif args.model_path:
-            from meditok.evals.vqa import load_ar_model
-
-            model = load_ar_model(args.model_path)
-            spec = _image_input(args, base=model.image_input)
-            fn = gen.ar_generator(model, spec)
-        inception = InceptionFeatures(args.inception, args.device)
-        real_set = load_eval_set(
-            args.real, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress
+        (out / "predictions.jsonl").write_text(
+            "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items())
         )
-        real = gen.group_real(real_set.images, real_set.groups)
-        fake = (
-            gen.load_folder_images(folder, spec, progress)
-            if folder
-            else gen.generate(fn, sorted(real), args.n_per_group, args.seed, progress)
-        )
-        result = gen.evaluate_gen(real, fake, inception, args.k, progress)
-        report = Report(args.out, "meditok-eval gen")
-        source = f"`{args.generated}`" if folder else f"`{args.generator or args.model_path}`"
-        gen.write_gen_report(report, result, real, fake, source, [f"FID Inception: `{inception.path}`."])
-    elif cmd == "bench":
-        from meditok.evals.bench import run_bench, write_bench_report
+    result = vqa.score(questions, preds, strict=not args.allow_missing)
+    report = Report(args.out, "meditok-eval vqa")
+    vqa.write_vqa_report(report, result, name, [])
+    return report
 
-        if not Path(args.weights).exists():
-            raise EvalError(f"tokenizer weights not found: {args.weights}")
-        r = run_bench(
-            args.weights,
-            device=args.device,
-            dtype=args.dtype,
-            batch_sizes=args.batch_sizes,
-            size=args.size,
-            repeats=args.repeats,
-            memory=not args.no_memory,
-        )
-        report = Report(args.out, "meditok-eval bench")
-        write_bench_report(report, r)
-    else:  # pragma: no cover - argparse enforces the choices
-        raise EvalError(f"unknown command {cmd}")
-    return report.write()
+
+def _cmd_gen(args: argparse.Namespace) -> Report:
+    """`meditok-eval gen`: generation quality (FID, precision/recall) of generated images against real ones."""
+    from meditok.evals import gen
+    from meditok.evals.data import load_eval_set, load_manifest
+    from meditok.evals.perceptual import InceptionFeatures, resolve_inception
+
+    progress = not args.quiet
+    spec = _image_input(args)
+    load_manifest(args.real)
+    resolve_inception(args.inception)
+    folder = gen.scan_folder(args.generated) if args.generated else None
+    fn = None
+    if args.generator:
+        fn = gen.load_generator(args.generator)
+    elif args.model_path:
+        from meditok.evals.vqa import load_ar_model
+
+        model = load_ar_model(args.model_path)
+        spec = _image_input(args, base=model.image_input)
+        fn = gen.ar_generator(model, spec)
+    inception = InceptionFeatures(args.inception, args.device)
+    real_set = load_eval_set(args.real, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    real = gen.group_real(real_set.images, real_set.groups)
+    fake = (
+        gen.load_folder_images(folder, spec, progress)
+        if folder
+        else gen.generate(fn, sorted(real), args.n_per_group, args.seed, progress)
+    )
+    result = gen.evaluate_gen(real, fake, inception, args.k, progress)
+    report = Report(args.out, "meditok-eval gen")
+    source = f"`{args.generated}`" if folder else f"`{args.generator or args.model_path}`"
+    gen.write_gen_report(report, result, real, fake, source, [f"FID Inception: `{inception.path}`."])
+    return report
+
+
+def _cmd_bench(args: argparse.Namespace) -> Report:
+    """`meditok-eval bench`: encode/decode throughput and memory of the tokenizer."""
+    from meditok.evals.bench import run_bench, write_bench_report
+
+    if not Path(args.weights).exists():
+        raise EvalError(f"tokenizer weights not found: {args.weights}")
+    r = run_bench(
+        args.weights,
+        device=args.device,
+        dtype=args.dtype,
+        batch_sizes=args.batch_sizes,
+        size=args.size,
+        repeats=args.repeats,
+        memory=not args.no_memory,
+    )
+    report = Report(args.out, "meditok-eval bench")
+    write_bench_report(report, r)
+    return report
+
+
+COMMANDS = {
+    "recon": _cmd_recon,
+    "codebook": _cmd_codebook,
+    "probe": _cmd_probe,
+    "zeroshot": _cmd_zeroshot,
+    "vqa": _cmd_vqa,
+    "gen": _cmd_gen,
+    "bench": _cmd_bench,
+}
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the subcommand ``args.command``; returns the written report's path."""
+    if args.command not in COMMANDS:  # pragma: no cover - argparse enforces the choices
+        raise EvalError(f"unknown command {args.command}")
+    return COMMANDS[args.command](args).write()
 
 
 def main(argv: list[str] | None = None) -> int:
