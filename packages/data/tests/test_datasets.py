@@ -177,3 +177,28 @@ def test_shard_writer_resumes_after_interruption(rows: list[ManifestRow], tmp_pa
         ImageDataset(out)
     index = write_shards(rows, out, shard_size=5, resume=True, progress=False)
     assert [(p.name, p.read_bytes()) for p in index.paths()] == complete
+
+
+def test_nifti_with_one_nan_voxel_is_a_counted_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12.1: one NaN voxel in a real NIfTI is skipped and counted (manifest rows and shards), never an all-NaN
+    image; the good volume's sample is the same as without the bad one."""
+    import nibabel as nib
+
+    volume = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32) * 400
+    poisoned = volume.copy()
+    poisoned[3, 4, 1] = np.nan  # in the middle axial slice, the one read
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "good.nii.gz")
+    nib.save(nib.Nifti1Image(poisoned, np.eye(4)), tmp_path / "nan.nii.gz")
+    good = ManifestRow(str(tmp_path / "good.nii.gz"), "mri")
+    rows = [good, ManifestRow(str(tmp_path / "nan.nii.gz"), "mri")]
+    alone = list(ImageDataset([good], SMALL, shuffle=False))
+    dataset = ImageDataset(rows, SMALL, shuffle=False)
+    samples = list(dataset)
+    assert dataset.summary() == "1 skipped of 2"
+    assert len(samples) == 1 and torch.isfinite(samples[0]["image"]).all()
+    assert torch.equal(samples[0]["image"], alone[0]["image"])
+    assert any("nan.nii.gz" in r.message and "1 non-finite pixel" in r.message for r in caplog.records)
+    index = write_shards(rows, tmp_path / "shards", shard_size=4, progress=False)
+    assert (index.attempted, index.skipped, index.total) == (2, 1, 1)
+    from_shards = ImageDataset(tmp_path / "shards", SMALL, shuffle=False)
+    assert len(list(from_shards)) == 1 and from_shards.skipped == 0

@@ -280,7 +280,12 @@ def write_shards(
     for row in tqdm(rows[start:], desc="shard", unit="img", initial=start, total=len(rows), disable=not progress):
         stats.attempted += 1
         try:
-            image = _limit_size(load_row(row), max_side)
+            image = load_row(row)
+            pixels = image.pixels
+            if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():  # as unit_image
+                bad = int((~np.isfinite(pixels)).sum())
+                raise MedicalImageError(image.source, f"{bad} non-finite pixel value(s) (NaN or infinity)")
+            image = _limit_size(image, max_side)
         except MedicalImageError as error:
             if strict:
                 raise

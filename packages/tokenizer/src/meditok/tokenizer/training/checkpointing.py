@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from .export import STATE_FILE
+from .safe_load import check_checkpoint, deepspeed_safe_loading, safe_load
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -50,6 +51,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(trainer: Trainer) -> Path:
     """Both engines + per-rank RNG/data state into `.tmp-step-N`, then one rename to `step-N` (atomic); keeps the
     last ``run.keep_last``. Every rank calls it."""
+    from .trainer import NonFiniteError, all_ranks_true, first_nonfinite
+
+    engines = [trainer.gen_engine] + ([trainer.disc_engine] if trainer.disc_engine is not None else [])
+    bad = None
+    for engine in engines:
+        bad = bad or first_nonfinite(list(engine.module.named_parameters()) + list(engine.module.named_buffers()))
+    if not all_ranks_true(bad is None, trainer.device):  # before anything is written: the last good one stays
+        raise NonFiniteError(
+            f"step {trainer.step}: not saving a checkpoint: the weights hold NaN/inf"
+            + (f" ({bad})" if bad else " (on another rank)")
+            + "; the last checkpoint in "
+            f"{trainer.ckpt_dir} holds finite weights"
+        )
     name = f"step-{trainer.step:08d}"
     tmp, final = trainer.ckpt_dir / f".tmp-{name}", trainer.ckpt_dir / name
     if trainer.rank == 0:
@@ -67,6 +81,7 @@ def save_checkpoint(trainer: Trainer) -> Path:
             "rng": rng_state(),
             "data": trainer.loader.state_dict(),
             "usage_updates": [cb.usage_updates for cb in quantizer.codebooks],
+            "nonfinite_steps": trainer.nonfinite_steps,
         },
         tmp / f"rank{trainer.rank:05d}_state.pt",
     )
@@ -107,11 +122,17 @@ def load_checkpoint(trainer: Trainer, path: str) -> None:
     saved = json.loads((ckpt / STATE_FILE).read_text())
     if saved["world_size"] != trainer.world:
         raise ValueError(f"run.resume: {ckpt} was written by {saved['world_size']} ranks, this run has {trainer.world}")
-    trainer.gen_engine.load_checkpoint(str(ckpt), tag="generator")
+    # Every torch file is read with weights_only=True + an allow-list before any is loaded (a payload is refused,
+    # naming the file); DeepSpeed's own loads go through the same safe_load.
+    check_checkpoint(ckpt)
+    with deepspeed_safe_loading(trainer.gen_engine):
+        trainer.gen_engine.load_checkpoint(str(ckpt), tag="generator")
     if trainer.disc_engine is not None:
-        trainer.disc_engine.load_checkpoint(str(ckpt), tag="discriminator")
-    state = torch.load(ckpt / f"rank{trainer.rank:05d}_state.pt", map_location="cpu", weights_only=False)
+        with deepspeed_safe_loading(trainer.disc_engine):
+            trainer.disc_engine.load_checkpoint(str(ckpt), tag="discriminator")
+    state = safe_load(ckpt / f"rank{trainer.rank:05d}_state.pt")
     trainer.step, trainer.epoch = int(state["step"]), int(state["epoch"])
+    trainer.nonfinite_steps = int(state.get("nonfinite_steps", 0))
     trainer.loader.load_state_dict(state["data"])
     trainer._iter = None
     for cb, n in zip(trainer.gen_engine.module.core.quantizer.codebooks, state["usage_updates"]):

@@ -44,6 +44,7 @@ from ..auxiliary.text_alignment import (
     TEXT_ALIGNMENT_WEIGHTS,
 )
 from ..config import MedITokConfig
+from .safe_load import safe_load
 
 STATE_FILE = "trainer_state.json"
 ADAPTER_KEYS = ("text_fc_norm.weight", "text_fc_norm.bias", "text_projection.weight", "text_projection.bias")
@@ -70,7 +71,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
 def _module_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (a ZeRO-3 or incomplete checkpoint?)")
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+    return safe_load(path)["module"]
 
 
 def _read_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict]:
@@ -152,6 +153,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
 
     ckpt, module, state = _read_checkpoint(checkpoint)
     core, _ = _split_module(ckpt, module)
+    bad = [k for k, v in core.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # before anything is written
+        raise ValueError(
+            f"{ckpt / GENERATOR_STATES}: not exporting: {len(bad)} of {len(core)} tensors hold NaN/inf "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint"
+        )
     model = MedITok.from_state_dict(core, MedITokConfig.from_dict(state["model_config"]), source=str(checkpoint))
     alignment = text_alignment_from_checkpoint(module, state, str(ckpt))  # checked before anything is written
     out = model.save_pretrained(out_dir)

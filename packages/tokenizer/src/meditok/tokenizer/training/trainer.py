@@ -40,8 +40,30 @@ from .losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
+from .safe_load import UnsafeCheckpointError
 
 NO_DECAY_KEYS = ("norm_scale", "bn", "ln", "bias", "logit_scale", "norm")
+
+
+class NonFiniteError(RuntimeError):
+    """Non-finite training: `run.max_nonfinite_steps` steps in a row, or non-finite weights at a save / export."""
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank iff ``flag`` is true on every rank (one all-reduce; the ranks must skip together)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def first_nonfinite(named: Any) -> str | None:
+    """The name of the first tensor in ``named`` ((name, tensor) pairs) holding NaN or inf, else None."""
+    for name, t in named:
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
@@ -133,6 +155,8 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.step = 0
         self.epoch = 0
+        self.nonfinite_steps = 0  # steps skipped for a non-finite loss or gradient (whole run, resumes included)
+        self.nonfinite_in_a_row = 0
 
     # ------------------------------------------------------------------------------------------- setup
     def _init_distributed(self) -> None:
@@ -353,10 +377,15 @@ class Trainer:
             rest = rest + cfg.teacher.weight * lc
             logs["clip"] = float(lc.detach())
         total = nll + rest
+        lg = None
         if use_gan:
             self.disc.requires_grad_(False)
             lg = generator_loss(self.disc(self.daug(x_hat, fade)).float())
             self.disc.requires_grad_(True)
+        finite = bool(torch.isfinite(total.detach() if lg is None else total.detach() + lg.detach()))
+        if not all_ranks_true(finite, self.device):  # on any rank: no backward, no step anywhere
+            return self._skip_nonfinite("loss", logs)
+        if use_gan:
             # nll (L1/L2 + LPIPS) and lg (frozen discriminator) reach the parameters only through x_hat. Their
             # gradients at x_hat, each one backward pass through LPIPS / the discriminator, give both the adaptive
             # weight (through the last layer only) and the parameter gradients: backpropagating
@@ -374,7 +403,12 @@ class Trainer:
         else:
             self._backward(self.gen_engine, total)
         norm = self._manual_clip(self.gen_engine)
+        if norm is not None and not math.isfinite(norm):  # ZeRO-0: the all-reduced gradients, the same on all ranks
+            self.gen_engine.zero_grad()
+            return self._skip_nonfinite("gradients", logs)
         self.gen_engine.step()
+        if getattr(self.gen_engine.optimizer, "overflow", False):  # ZeRO 1-2: DeepSpeed found them and skipped
+            return self._skip_nonfinite("gradients", logs)
         logs["grad_norm"] = float(norm if norm is not None else self.gen_engine.get_global_grad_norm() or 0.0)
         logs["lr"] = float(self.gen_engine.get_lr()[0])
         core = self.gen_engine.module.core
@@ -398,9 +432,19 @@ class Trainer:
                 bcr = cfg.disc.bcr * (F.mse_loss(logits[2], real) + F.mse_loss(logits[3], fake))
                 loss_d = loss_d + bcr
                 logs["bcr"] = float(bcr.detach())
-            self.disc_engine.backward(loss_d)
-            self._manual_clip(self.disc_engine)
-            self.disc_engine.step()
+            # A non-finite discriminator loss or gradient skips only the discriminator's update (counted).
+            if all_ranks_true(bool(torch.isfinite(loss_d.detach())), self.device):
+                self.disc_engine.backward(loss_d)
+                d_norm = self._manual_clip(self.disc_engine)
+                if d_norm is not None and not math.isfinite(d_norm):
+                    self.disc_engine.zero_grad()
+                    logs["disc_skipped"] = 1
+                else:
+                    self.disc_engine.step()
+                    if getattr(self.disc_engine.optimizer, "overflow", False):
+                        logs["disc_skipped"] = 1
+            else:
+                logs["disc_skipped"] = 1
             logs.update(disc=float(ld.detach()), disc_lr=float(self.disc_engine.get_lr()[0]))
         logs.update(
             loss=float(total.detach()),
@@ -412,7 +456,36 @@ class Trainer:
             step_cpu_time=time.process_time() - c0,  # this process's CPU seconds (all its threads)
         )
         self.step += 1
+        self.nonfinite_in_a_row = 0
+        logs["nonfinite_steps"] = self.nonfinite_steps
         return logs
+
+    def _skip_nonfinite(self, what: str, logs: dict[str, float]) -> dict[str, float]:
+        """A step whose loss or gradients are NaN/inf: nothing is applied, the batch is consumed and counted; after
+        `run.max_nonfinite_steps` such steps in a row the run stops (`NonFiniteError`) instead of going on."""
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.step += 1
+        limit = self.cfg.run.max_nonfinite_steps
+        if self.rank == 0:
+            print(
+                f"meditok-train: step {self.step}: non-finite {what}, step skipped "
+                f"({self.nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all; the run stops at {limit} in a "
+                "row: run.max_nonfinite_steps)",
+                file=sys.stderr,
+            )
+        if self.nonfinite_in_a_row >= limit:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} training steps in a row had a non-finite {what} (run.max_nonfinite_steps="
+                f"{limit}; {self.nonfinite_steps} skipped in all, last at step {self.step}): stopping; the last "
+                f"checkpoint holds finite weights. Check the data (data.strict=true names an unreadable image) or "
+                "lower optim.lr"
+            )
+        return {
+            **{k: v for k, v in logs.items() if k in ("lpips", "clip")},
+            "nonfinite_skipped": what,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
 
     @staticmethod
     def _backward(engine, loss: torch.Tensor) -> None:
@@ -421,10 +494,12 @@ class Trainer:
         engine.backward(loss)
 
     def _manual_clip(self, engine) -> float | None:
-        if self.cfg.run.zero_stage > 0 or self.cfg.optim.grad_clip <= 0:
+        """ZeRO-0: the total gradient norm (clipped to optim.grad_clip when > 0); None under ZeRO 1-2."""
+        if self.cfg.run.zero_stage > 0:
             return None
         params = [p for p in engine.module.parameters() if p.grad is not None]
-        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
@@ -454,7 +529,8 @@ class Trainer:
             if self.rank == 0:
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['rec']:.4f}")
+                    if "loss" in logs:
+                        bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['rec']:.4f}")
                 if self.step % cfg.run.log_every == 0 or self.step == stop:
                     elapsed = time.perf_counter() - t_start
                     record = {
@@ -550,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-    except (AuxModelError, FileNotFoundError) as exc:
+    except (AuxModelError, FileNotFoundError, UnsafeCheckpointError) as exc:
         print(f"meditok-train: error: {exc}{standin_hint(str(exc))}", file=sys.stderr)
         return 2
     try:
@@ -558,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from meditok.data import MedicalImageError
 
-        if not isinstance(exc, MedicalImageError):
+        if not isinstance(exc, MedicalImageError | NonFiniteError):
             raise
         # data.strict: an unreadable image stops the run with one line naming it (lenient mode skips and counts).
         print(f"meditok-train: error: {exc}", file=sys.stderr)
