@@ -17,7 +17,7 @@ from .checkpoint import (
     read_checkpoint,
     write_atomic,
 )
-from .config import MedITokConfig, get_config
+from .config import CONFIGS, MedITokConfig, get_config
 from .model import MedITokModel
 from .preprocessing import ImageInput, preprocess
 
@@ -73,12 +73,40 @@ class MedITok(MedITokModel):
         source: str | os.PathLike = "<state dict>",
     ) -> MedITok:
         """Build from a core state dict in memory (strict: every key and shape must match)."""
-        cfg = get_config(config) if config is not None else infer_config(state_dict, source)
-        with torch.device("meta"):
-            model = cls(cfg)
+        if config is not None:
+            with torch.device("meta"):
+                model = cls(get_config(config))
+        else:
+            model = cls._closest_architecture(state_dict, source)
         compare_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict, source)
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.to_inference(device, dtype)
+
+    @classmethod
+    def _closest_architecture(cls, state_dict: dict[str, torch.Tensor], source: str | os.PathLike) -> MedITok:
+        """A bare state dict's architecture (on the meta device): the one inferred from its shapes, or, when that does
+        not fit every tensor (one mis-shaped tensor among those the inference reads skews it), the preset config
+        fitting the most tensors, so that the error names the mis-shaped tensors only, not the good ones."""
+        candidates, error = [], None
+        try:
+            candidates.append(infer_config(state_dict, source))
+        except (CheckpointError, ValueError) as exc:  # a missing / mis-shaped key, or sizes no config can have
+            error = exc
+        candidates += [c for c in CONFIGS.values() if c not in candidates]
+        best, best_bad = None, None
+        for cfg in candidates:
+            with torch.device("meta"):
+                model = cls(cfg)
+            expected = model.state_dict()
+            bad = sum(k not in state_dict or state_dict[k].shape != v.shape for k, v in expected.items())
+            bad += sum(k not in expected for k in state_dict)
+            if bad == 0:
+                return model
+            if best_bad is None or bad < best_bad:
+                best, best_bad = model, bad
+        if error is not None and best_bad * 2 > len(best.state_dict()):  # no preset is close either
+            raise CheckpointError(str(error)) from None
+        return best
 
     def to_inference(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> MedITok:
         """Move to `device`; store the encoder, decoder and semantic head in `dtype`.

@@ -11,6 +11,59 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+# Bounds every MedITokConfig is checked against before anything is built (a hostile or mistyped config.json fails in
+# milliseconds with the key named, instead of building for minutes): `meditok-l` is far inside them.
+MAX_WIDTH = 8192  # stem_width, stage_widths, width, latent_dim, embed_dim
+MAX_DEPTH = 128  # encoder_depth, decoder_depth
+MAX_CONV_DEPTH = 64  # each of stage_depths, decoder_conv_depths
+MAX_RATIO = 16.0  # conv_expand_ratio, mlp_ratio: finite, > 0
+MAX_CODEBOOKS = 64
+MAX_CODEBOOK_SIZE = 1 << 20
+INT_FIELDS = {
+    "stem_width": MAX_WIDTH,
+    "width": MAX_WIDTH,
+    "encoder_depth": MAX_DEPTH,
+    "decoder_depth": MAX_DEPTH,
+    "num_heads": MAX_WIDTH,
+    "latent_dim": MAX_WIDTH,
+    "num_codebooks": MAX_CODEBOOKS,
+    "codebook_size": MAX_CODEBOOK_SIZE,
+    "embed_dim": MAX_WIDTH,
+}
+PAIR_FIELDS = {"stage_widths": MAX_WIDTH, "stage_depths": MAX_CONV_DEPTH, "decoder_conv_depths": MAX_CONV_DEPTH}
+RATIO_FIELDS = ("conv_expand_ratio", "mlp_ratio")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounds_problems(config: object) -> list[str]:
+    """Type, sign, bound and length problems of each field, each naming its key."""
+    problems = []
+    if not isinstance(config.name, str):
+        problems.append(f"name must be a string, got {config.name!r}")
+    for key, top in INT_FIELDS.items():
+        value = getattr(config, key)
+        if not _is_int(value):
+            problems.append(f"{key} must be an integer, got {value!r}")
+        elif not 1 <= value <= top:
+            problems.append(f"{key} must be between 1 and {top}, got {value}")
+    for key, top in PAIR_FIELDS.items():
+        value = getattr(config, key)
+        if not isinstance(value, tuple) or len(value) != 2:
+            problems.append(f"{key} must be a list of 2 integers, got {value!r}")
+        elif not all(_is_int(v) and 1 <= v <= top for v in value):
+            problems.append(f"{key} must hold 2 integers between 1 and {top}, got {list(value)}")
+    for key in RATIO_FIELDS:
+        value = getattr(config, key)
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_RATIO):
+            problems.append(f"{key} must be a finite number in (0, {MAX_RATIO:g}], got {value!r}")
+    beta = config.commitment_beta
+    if not (isinstance(beta, int | float) and not isinstance(beta, bool) and 0 <= beta <= 1e3):
+        problems.append(f"commitment_beta must be a finite number in [0, 1000], got {beta!r}")
+    return problems
+
 
 def _round_to_multiple(value: float, divisor: int = 8) -> int:
     """Channel rounding of the reference's MBConv expansion (timm `make_divisible`)."""
@@ -48,15 +101,17 @@ class MedITokConfig:
     patch_size: int = field(default=16, init=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _bounds_problems(self)  # NaN fails every comparison above, so it is refused there
+        if problems:  # the divisibility checks below need valid integers
+            raise ValueError(f"invalid MedITokConfig {self.name!r}: " + "; ".join(problems))
         if self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.width % self.latent_dim:
             problems.append(f"width {self.width} is not divisible by latent_dim {self.latent_dim}")
         if self.latent_dim % self.num_codebooks:
             problems.append(f"latent_dim {self.latent_dim} is not divisible by num_codebooks {self.num_codebooks}")
-        if min(self.stage_depths) < 1 or min(self.decoder_conv_depths) < 1:
-            problems.append("every conv stage needs at least one block")
+        if self.num_heads > self.width:
+            problems.append(f"num_heads {self.num_heads} is more than width {self.width}")
         if problems:
             raise ValueError(f"invalid MedITokConfig {self.name!r}: " + "; ".join(problems))
 
@@ -87,6 +142,8 @@ class MedITokConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown MedITokConfig fields {unknown}; known fields are {sorted(known)}")
+        if not isinstance(data, dict):
+            raise ValueError(f"a MedITokConfig is a mapping of fields, got {type(data).__name__}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
