@@ -68,9 +68,9 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from meditok.data.readers import file_kind, read_image, read_volume
+    from meditok.data.readers import file_kind, read_image, read_volume, regular_file
 
-    kind = file_kind(args.path)
+    kind = file_kind(regular_file(args.path))
     if kind in ("nifti", "dicom_series", "inv3"):
         volume = read_volume(args.path)
         info = {"kind": kind, "modality": volume.modality, "shape": volume.shape, "spacing": volume.spacing}

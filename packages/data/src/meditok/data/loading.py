@@ -16,7 +16,15 @@ import numpy as np
 
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage, Plane
-from meditok.data.readers import _canonical_volume, file_kind, read_dicom, read_image, read_raster, read_volume
+from meditok.data.readers import (
+    _canonical_volume,
+    file_kind,
+    read_dicom,
+    read_image,
+    read_raster,
+    read_volume,
+    regular_file,
+)
 from meditok.data.transforms import unit_image
 from meditok.tokenizer.image_files import is_dicom_bytes
 from meditok.tokenizer.preprocessing import ImageInput
@@ -85,7 +93,7 @@ def read_2d(
         else:
             image = read_raster(label, modality=modality, ct_bias=ct_bias, data=data)
     else:
-        path = Path(source)
+        path = regular_file(Path(source))  # a FIFO named in a manifest would block the reader forever
         kind = file_kind(path)
         if kind in ("nifti", "dicom_series", "inv3"):
             volume = read_volume(path, modality=modality)

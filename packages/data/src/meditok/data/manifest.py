@@ -22,10 +22,13 @@ from meditok.data.image import MedicalImage
 from meditok.data.modality import modality_from_path, normalize_modality, template_caption
 from meditok.data.readers import (
     DICOM_MODALITY,
+    check_nifti_size,
+    check_raster_size,
     file_kind,
     read_medmnist,
     read_npz_image,
     read_volume,
+    regular_file,
 )
 from meditok.tokenizer.atomic import atomic_path
 
@@ -114,6 +117,7 @@ def _canonical_nifti_shape(path: Path) -> tuple[list[int], Any]:
         orientation = nib.io_orientation(image.affine)
     except Exception as exc:
         raise MedicalImageError(path, f"unreadable NIfTI header ({type(exc).__name__}: {exc})") from None
+    check_nifti_size(path, image)  # before any row is made or a voxel read (MAX_VOXELS, the file's size)
     canonical = [0, 0, 0]
     for axis in range(3):
         canonical[int(orientation[axis, 0])] = int(shape[axis]) if axis < len(shape) else 1
@@ -145,11 +149,15 @@ def index_file(
     folder = modality_from_path(path)
     hint = normalize_modality(modality) if modality else folder
     if kind == "dicom":
-        from meditok.data.readers import _read_dicom_dataset
+        from meditok.data.readers import _read_dicom_dataset, check_dicom_pixel_length, check_dicom_size
 
-        ds = _read_dicom_dataset(path, stop_before_pixels=True)
+        # Pixel data deferred (its length is known, its bytes are not read): the declared size is checked against
+        # MAX_PIXELS and against the data, so a header cannot make a million rows of one frame.
+        ds = _read_dicom_dataset(path, defer_size=1024)
         if "Rows" not in ds or "Columns" not in ds:
             raise MedicalImageError(path, "DICOM file has no image (no Rows/Columns)")
+        check_dicom_size(path, ds)
+        check_dicom_pixel_length(path, ds)
         resolved = hint if modality else DICOM_MODALITY.get(str(ds.get("Modality", "")).upper()) or hint or "other"
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1))
@@ -202,9 +210,9 @@ def _raster_shape(path: Path) -> list[int]:
 
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            bands = len(image.getbands())
-            return [height, width] + ([3] if bands >= 3 or image.mode == "P" else [])
+            return check_raster_size(path, image)
+    except Image.DecompressionBombError as exc:
+        raise MedicalImageError(path, f"image header declares too many pixels ({exc}); not decoded") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         if path.suffix.lower() in (".tif", ".tiff", ".svs"):
             import tifffile
@@ -240,6 +248,20 @@ def index_directory(
     stats = stats if stats is not None else ScanStats()
     files = _list_files(root)
     for path in tqdm(files, desc="index", unit="file", disable=not progress):
+        try:
+            regular_file(path)  # before file_kind, which may open it (a FIFO would block forever)
+            str(path).encode("utf-8")
+        except (MedicalImageError, UnicodeEncodeError) as exc:
+            stats.attempted += 1
+            error = (
+                exc
+                if isinstance(exc, MedicalImageError)
+                else MedicalImageError(path, "file name is not valid UTF-8 (a manifest is UTF-8 JSON): rename the file")
+            )
+            if strict:
+                raise error from None
+            stats.record_skip(error)
+            continue
         if file_kind(path) == "unknown":
             stats.ignored += 1
             continue

@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import plistlib
+import stat
 import tarfile
 import warnings
 import zlib
@@ -34,6 +35,12 @@ checked from the header *before* any pixel data is decoded or a deflated data se
 16384 x 16384 picture, or 1024 frames of 512 x 512). Every door can pass its own ``max_pixels=`` (the vLLM plugin passes
 ``VLLM_MAX_IMAGE_PIXELS``); 0 or less disables the check. Change the default for a process with
 ``meditok.data.readers.MAX_PIXELS = ...``."""
+MAX_VOXELS = 2**31
+"""The most voxels a NIfTI header may declare before `read_nifti` (and ``meditok-data index``) refuses it, checked from
+the header before any voxel is read (2.1 G voxels: 8 GiB as float32). A header must also fit its file: an uncompressed
+file must hold the declared bytes, a gzipped one can inflate at most `GZIP_MAX_RATIO` times. Raster images (PNG, JPEG,
+...) are refused from their header above `MAX_PIXELS` values (and above Pillow's own bomb limit)."""
+GZIP_MAX_RATIO = 1032  # deflate's largest possible expansion
 DEFLATED_HEADER_BYTES = 1 << 24  # a deflated data set's elements before the pixel data must inflate within 16 MiB
 CODECS_HINT = "install the optional decoders: pip install 'meditok-data[dicom-codecs]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 
@@ -148,6 +155,85 @@ def check_dicom_size(path: Path, ds: Any, max_pixels: int | None = None) -> None
         )
 
 
+def check_dicom_pixel_length(path: Path, ds: Any) -> None:
+    """MedicalImageError if native (uncompressed) pixel data disagrees with the header's size: fewer bytes than Rows x
+    Columns x NumberOfFrames x samples x bits declare (NumberOfFrames 1000000 on a one-frame file), or a whole frame
+    or more beyond it (Rows/Columns smaller than the data: pydicom would read garbage frames). Reads no pixel data
+    when the element was deferred (``dcmread(defer_size=...)``)."""
+    from pydicom.pixels.utils import get_expected_length
+
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if "PixelData" not in ds or syntax is None or getattr(syntax, "is_encapsulated", True):
+        return  # compressed frames have no fixed length (their decoder checks them)
+    element = ds.get_item("PixelData")
+    length = getattr(element, "length", None)
+    if length is None:  # a converted DataElement
+        length = len(element.value or b"")
+    try:
+        expected = int(get_expected_length(ds, unit="bytes"))
+        frames = max(int(ds.get("NumberOfFrames") or 1), 1)
+    except Exception as exc:  # noqa: BLE001 - missing / odd size tags
+        raise MedicalImageError(
+            path, f"unreadable DICOM image size in the header ({type(exc).__name__}: {exc})"
+        ) from None
+    frame_bytes = max(expected // frames, 1)
+    declared = (
+        f"Rows {ds.get('Rows')} x Columns {ds.get('Columns')} x {frames} frame(s) x "
+        f"{ds.get('SamplesPerPixel') or 1} sample(s) x {ds.get('BitsAllocated')} bits = {expected} bytes"
+    )
+    if length < expected:
+        raise MedicalImageError(path, f"pixel data holds {length} bytes, the header declares {declared}; not read")
+    if length - expected >= frame_bytes:
+        raise MedicalImageError(
+            path,
+            f"pixel data holds {length} bytes, a frame or more beyond what the header declares ({declared}); not read",
+        )
+
+
+def regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file or a directory; MedicalImageError otherwise (a FIFO would block the reader
+    forever; a socket or a device is no image either). A missing file is left to the reader's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise MedicalImageError(path, f"cannot stat ({exc.strerror})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+        raise MedicalImageError(path, f"not a regular file ({kind}); not opened")
+    return path
+
+
+def check_nifti_size(path: Path, image: Any) -> tuple[int, ...]:
+    """The header's shape, after checking it against `MAX_VOXELS` and against the file's size (MedicalImageError)."""
+    shape = tuple(int(n) for n in image.shape)
+    voxels = 1
+    for n in shape:
+        voxels *= max(n, 0)
+    if voxels > MAX_VOXELS:
+        raise MedicalImageError(
+            path,
+            f"NIfTI header declares {' x '.join(map(str, shape))} = {voxels} voxels, more than the limit of "
+            f"{MAX_VOXELS} (meditok.data.readers.MAX_VOXELS); not read",
+        )
+    try:
+        size = os.path.getsize(image.get_filename() or path)
+        offset = int(image.header.get_data_offset())
+        declared = offset + voxels * image.header.get_data_dtype().itemsize
+    except (OSError, TypeError, ValueError):
+        return shape
+    gzipped = str(path).lower().endswith(".gz")
+    most = size * GZIP_MAX_RATIO + (1 << 16) if gzipped else size
+    if declared > most:
+        raise MedicalImageError(
+            path,
+            f"NIfTI header declares {' x '.join(map(str, shape))} voxels = {declared} bytes, but the "
+            f"{'gzipped ' if gzipped else ''}file of {size} bytes can hold at most {most}; not read",
+        )
+    return shape
+
+
 def _is_deflated(prefix: bytes) -> bool:
     """The file meta (in the first bytes of a file) names Deflated Explicit VR Little Endian."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -213,7 +299,11 @@ def _read_deflated(path: Path, blob: bytes, stop_before_pixels: bool, max_pixels
 
 
 def _read_dicom_dataset(
-    path: Path, stop_before_pixels: bool = False, data: bytes | None = None, max_pixels: int | None = None
+    path: Path,
+    stop_before_pixels: bool = False,
+    data: bytes | None = None,
+    max_pixels: int | None = None,
+    defer_size: int | None = None,
 ) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -232,7 +322,7 @@ def _read_dicom_dataset(
                     path, data if data is not None else path.read_bytes(), stop_before_pixels, max_pixels
                 )
             else:
-                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except MedicalImageError:
         raise
     except FileNotFoundError:
@@ -288,6 +378,7 @@ def read_dicom(
     path = Path(path)
     ds = _read_dicom_dataset(path, data=data, max_pixels=max_pixels)
     check_dicom_size(path, ds, max_pixels)
+    check_dicom_pixel_length(path, ds)
     num_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frame is not None and not 0 <= frame < num_frames:
         raise MedicalImageError(path, f"frame {frame} out of range: the file has {num_frames} frame(s)")
@@ -458,8 +549,10 @@ def read_nifti(path: str | Path, *, modality: str | None = None) -> MedicalVolum
     path = Path(path)
     if not path.exists():
         raise MedicalImageError(path, "file does not exist")
+    regular_file(path)
     try:
         image = nib.load(str(path))
+        check_nifti_size(path, image)
         canonical = nib.as_closest_canonical(image)
         voxels = np.asanyarray(canonical.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as exc:
@@ -518,6 +611,19 @@ def read_inv3(path: str | Path, *, modality: str | None = None) -> MedicalVolume
 # --------------------------------------------------------------------------------------------------------- raster
 
 
+def check_raster_size(path: Path, image: Any) -> list[int]:
+    """[height, width(, 3)] from an opened (not yet decoded) Pillow image; MedicalImageError above `MAX_PIXELS`."""
+    width, height = image.size
+    bands = len(image.getbands())
+    if MAX_PIXELS > 0 and width * height * bands > MAX_PIXELS:
+        raise MedicalImageError(
+            path,
+            f"image header declares {width} x {height} pixels x {bands} band(s) = {width * height * bands} values, "
+            f"more than the limit of {MAX_PIXELS} (meditok.data.readers.MAX_PIXELS); not decoded",
+        )
+    return [height, width] + ([3] if bands >= 3 or image.mode == "P" else [])
+
+
 def _pil_to_array(path: Path, image: Any) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
@@ -543,13 +649,18 @@ def read_raster(
         raise MedicalImageError(path, "file does not exist")
     pixels: np.ndarray | None = None
     error: str | None = None
+    if data is None:
+        regular_file(path)
     if path.suffix.lower() != ".svs":
         try:
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                check_raster_size(path, image)
                 image.load()
                 pixels = _pil_to_array(path, image)
         except UnidentifiedImageError:
             error = "not a recognised image format"
+        except Image.DecompressionBombError as exc:
+            raise MedicalImageError(path, f"image header declares too many pixels ({exc}); not decoded") from None
         except (OSError, ValueError, SyntaxError) as exc:
             error = f"truncated or corrupt image ({exc})"
     if pixels is None and data is None and path.suffix.lower() in TIFF_SUFFIXES:
@@ -677,7 +788,7 @@ def read_volume(path: str | Path, *, modality: str | None = None, cache: bool = 
 
     The last two volumes read are cached, so slice-by-slice reading of a manifest does not re-read the file.
     """
-    path = Path(path)
+    path = regular_file(Path(path))
     if not path.exists():
         raise MedicalImageError(path, "file does not exist")
     if not cache:
@@ -700,7 +811,7 @@ def read_image(
 
     Volumes need ``slice_index`` (and ``plane``); MedMNIST NPZ files need ``index`` (and ``split``).
     """
-    path = Path(path)
+    path = regular_file(Path(path))
     kind = file_kind(path)
     if not path.exists():
         raise MedicalImageError(path, "file does not exist")
