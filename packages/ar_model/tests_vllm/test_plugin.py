@@ -352,3 +352,42 @@ def test_serve_command_uses_the_paired_scheduler(model_dir):
     assert argv[argv.index("--scheduler-cls") + 1] == "meditok.ar.vllm_plugin.scheduler.PairedScheduler"
     argv, _ = serve_command(str(model_dir), ["--scheduler-cls", "x.Y"])
     assert argv.count("--scheduler-cls") == 1 and argv[argv.index("--scheduler-cls") + 1] == "x.Y"
+
+
+# --- issue 12, points 6-9: hostile input without an engine (the server-level set is in test_server.py) ---
+
+
+def test_image_urls_are_data_urls_only_unless_domains_are_allowed(model_dir):
+    import asyncio
+
+    from hostile import listener
+    from vllm.multimodal.media.connector import MEDIA_CONNECTOR_REGISTRY
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    from meditok.ar.vllm_plugin import register
+    from meditok.ar.vllm_plugin.client import serve_command
+    from meditok.ar.vllm_plugin.media import CONNECTOR
+
+    register()
+    _, env = serve_command(str(model_dir), [])
+    assert env["VLLM_MEDIA_CONNECTOR"] == CONNECTOR and env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"
+    default = MEDIA_CONNECTOR_REGISTRY.load(CONNECTOR)
+    with listener() as remote:
+        for url in (remote["url"], remote["url"].replace("http:", "https:")):
+            with pytest.raises(ValueError, match="data URLs only"):
+                default.load_from_url(url, ImageMediaIO())
+            with pytest.raises(ValueError, match="data URLs only"):
+                asyncio.run(default.load_from_url_async(url, ImageMediaIO()))
+        with pytest.raises(ValueError, match="allowed-local-media-path"):
+            default.load_from_url("file:///etc/hostname", ImageMediaIO())
+        other = MEDIA_CONNECTOR_REGISTRY.load(CONNECTOR, allowed_media_domains=["example.org"])
+        with pytest.raises(ValueError, match="allowed domains"):
+            other.load_from_url(remote["url"], ImageMediaIO())
+        assert remote["hits"] == 0  # nothing reached the listener
+        allowed = MEDIA_CONNECTOR_REGISTRY.load(CONNECTOR, allowed_media_domains=["127.0.0.1"])
+        assert allowed.load_from_url(remote["url"], ImageMediaIO()).media.size == (16, 16)
+        assert remote["hits"] == 1  # the explicit allow-list does fetch
+    png = io.BytesIO()
+    Image.new("L", (5, 3)).save(png, "PNG")
+    data_url = "data:image/png;base64," + __import__("base64").b64encode(png.getvalue()).decode()
+    assert default.load_from_url(data_url, ImageMediaIO()).media.size == (5, 3)

@@ -28,9 +28,10 @@ def register() -> None:
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
-    from meditok.ar.vllm_plugin.media import install_dicom_loader
+    from meditok.ar.vllm_plugin.media import install_dicom_loader, install_media_connector
 
     install_dicom_loader()
+    install_media_connector()
 
 
 __all__ = ["LOGITS_PROCESSORS", "MODEL_CLASS", "VLLM_VERSION", "register"]

@@ -18,6 +18,7 @@ from typing import Any
 CHAT_TEMPLATE = Path(__file__).with_name("chat_template.jinja")
 DEFAULT_LIMIT_MM = '{"image": 4}'
 DEFAULT_MAX_IMAGE_PIXELS = str(4096 * 4096)
+MEDIA_CONNECTOR = "meditok"  # meditok.ar.vllm_plugin.media.CONNECTOR (that module imports vLLM)
 
 
 def paired_scheduler() -> str:
@@ -50,6 +51,9 @@ def serve_command(model: str, vllm_args: list[str], image_size: int | None = Non
         argv += ["--scheduler-cls", paired_scheduler()]
     env = dict(os.environ)
     env.setdefault("VLLM_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+    # image_url: data URLs only; http(s) only for the hosts of --allowed-media-domains, and no redirect off them
+    env.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR)
+    env.setdefault("VLLM_MEDIA_URL_ALLOW_REDIRECTS", "0")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("VLLM_DO_NOT_TRACK", "1")
     # endpoint plugins are opt-in; this allowlist also gates general plugins, so it names ours (and only ours)

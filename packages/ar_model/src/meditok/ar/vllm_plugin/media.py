@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _MARK = "_meditok_medical"
+CONNECTOR = "meditok"  # VLLM_MEDIA_CONNECTOR value `meditok-ar serve` sets: data URLs only unless domains are allowed
 
 
 def is_medical(data: bytes) -> bool:
@@ -70,3 +71,30 @@ def install_dicom_loader() -> None:
 
     setattr(load_bytes, _MARK, True)
     io_cls.load_bytes = load_bytes
+
+
+def install_media_connector() -> None:
+    """Register the ``meditok`` media connector (idempotent): vLLM's HTTP connector, except that an ``http(s)`` image
+    URL is refused unless the server was started with ``--allowed-media-domains`` (and then only those hosts), and a
+    ``file:`` URL without ``--allowed-local-media-path`` is a 400, not a 500. vLLM's own connector fetches any URL when
+    no domain is listed: a server-side request forgery (and a port scanner, through its different errors)."""
+    from vllm.multimodal.media.connector import MEDIA_CONNECTOR_REGISTRY, MediaConnector
+
+    if CONNECTOR in MEDIA_CONNECTOR_REGISTRY.name2class:
+        return
+
+    class DataURLMediaConnector(MediaConnector):
+        def _assert_url_in_allowed_media_domains(self, url_spec: Any) -> None:
+            if not self.allowed_media_domains:
+                raise ValueError(
+                    "this server reads images from data URLs only (data:<mime>;base64,...); fetching "
+                    f"{url_spec.scheme}:// URLs needs --allowed-media-domains"
+                )
+            super()._assert_url_in_allowed_media_domains(url_spec)
+
+        def _load_file_url(self, url_spec: Any, media_io: Any) -> Any:
+            if self.allowed_local_media_path is None:
+                raise ValueError("this server reads no local files: file:// URLs need --allowed-local-media-path")
+            return super()._load_file_url(url_spec, media_io)
+
+    MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR)(DataURLMediaConnector)
