@@ -391,3 +391,27 @@ def test_image_urls_are_data_urls_only_unless_domains_are_allowed(model_dir):
     Image.new("L", (5, 3)).save(png, "PNG")
     data_url = "data:image/png;base64," + __import__("base64").b64encode(png.getvalue()).decode()
     assert default.load_from_url(data_url, ImageMediaIO()).media.size == (5, 3)
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch):
+    import time
+    import tracemalloc
+
+    from hostile import BOMB_SIDE, deflated_dicom_bomb
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    from meditok.ar.vllm_plugin.media import install_dicom_loader
+
+    install_dicom_loader()
+    data = deflated_dicom_bomb()
+    monkeypatch.setenv("VLLM_MAX_IMAGE_PIXELS", str(2000 * 2000))
+    start = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"{BOMB_SIDE} x {BOMB_SIDE} pixels") as caught:
+            ImageMediaIO().load_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(2000 * 2000) in str(caught.value) and "image_url" in str(caught.value)
+    assert peak < 16 * 2**20 and time.perf_counter() - start < 10  # 128 MB and ~1 s per bomb before the fix

@@ -32,15 +32,16 @@ def is_medical(data: bytes) -> bool:
         return False
 
 
-def contract_picture(data: bytes) -> Any:
-    """Medical bytes -> the contract's [0, 1] pixels as a lossless PIL image (ValueError with the reader's message)."""
+def contract_picture(data: bytes, max_pixels: int | None = None) -> Any:
+    """Medical bytes -> the contract's [0, 1] pixels as a lossless PIL image (ValueError with the reader's message).
+    ``max_pixels``: a DICOM declaring more values (rows x columns x frames x samples) is refused from its header."""
     import numpy as np
     from PIL import Image
 
     from meditok.data import MedicalImageError, load_unit_image
 
     try:
-        pixels, _ = load_unit_image(data, name="image_url")
+        pixels, _ = load_unit_image(data, name="image_url", max_pixels=max_pixels)
     except MedicalImageError as error:
         raise ValueError(f"Failed to load medical image: {error}") from None
     if pixels.dtype == np.uint8:
@@ -60,11 +61,11 @@ def install_dicom_loader() -> None:
     original = io_cls.load_bytes
 
     def load_bytes(self: Any, data: bytes) -> Any:
+        max_pixels = media_image.envs.VLLM_MAX_IMAGE_PIXELS
         if not is_medical(data):
             return original(self, data)
-        picture = contract_picture(data)
+        picture = contract_picture(data, max_pixels)
         w, h = picture.size
-        max_pixels = media_image.envs.VLLM_MAX_IMAGE_PIXELS
         if max_pixels > 0 and w * h > max_pixels:
             raise ValueError(f"Image dimensions {w}x{h} ({w * h} pixels) exceed the maximum of {max_pixels} pixels.")
         return media_image.MediaWithBytes(picture, data, None)
