@@ -415,3 +415,40 @@ def test_a_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch):
         tracemalloc.stop()
     assert str(2000 * 2000) in str(caught.value) and "image_url" in str(caught.value)
     assert peak < 16 * 2**20 and time.perf_counter() - start < 10  # 128 MB and ~1 s per bomb before the fix
+
+
+def test_pixel_bombs_are_value_errors(monkeypatch):
+    from hostile import png_bomb_header, zero_png
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    from meditok.ar.vllm_plugin.media import install_dicom_loader
+
+    install_dicom_loader()
+    monkeypatch.setenv("VLLM_MAX_IMAGE_PIXELS", str(4096 * 4096))
+    with pytest.raises(ValueError, match="3600000000 pixels"):  # PIL's DecompressionBombError was a 500
+        ImageMediaIO().load_bytes(png_bomb_header(60000))
+    with pytest.raises(ValueError, match=r"maximum is 16777216 pixels .*400000000 pixels"):
+        ImageMediaIO().load_bytes(zero_png(20000, 20000))
+    monkeypatch.setenv("VLLM_MAX_IMAGE_PIXELS", "0")  # no limit of the server's own: PIL's still refuses the bomb
+    with pytest.raises(ValueError, match="decompression bomb"):
+        ImageMediaIO().load_bytes(png_bomb_header(60000))
+
+
+def test_sampling_settings_the_engine_cannot_carry_are_refused():
+    from vllm import SamplingParams
+
+    from meditok.ar.vllm_plugin.logits import ImageLayoutLogitsProcessor
+
+    validate = ImageLayoutLogitsProcessor.validate_params
+    validate(SamplingParams(seed=2**63 - 1, top_k=2**31 - 1))
+    validate(SamplingParams(max_tokens=8 * 4 * 4 + 1, extra_args={"image_size": 64}))  # 128 codes + <eoi>
+    bad = [
+        (SamplingParams(seed=2**70), "seed must be an integer in"),
+        (SamplingParams(seed=-(2**63) - 1), "seed must be an integer in"),
+        (SamplingParams(top_k=int(1e300)), "top_k must be"),
+        (SamplingParams(max_tokens=16, extra_args={"image_size": 64}), "needs at least 129 output tokens"),
+        (SamplingParams(max_tokens=8 * 4 * 4, extra_args={"image_size": 64}), "max_tokens is 128"),
+    ]  # fmt: skip
+    for params, message in bad:
+        with pytest.raises(ValueError, match=message):
+            validate(params)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import time
 import uuid
 from pathlib import Path
@@ -76,7 +77,7 @@ class ImagesEndpoint:
         from vllm import SamplingParams
 
         from meditok.ar.layout import token_ids_to_codes
-        from meditok.ar.vllm_plugin.logits import requested_guidance, requested_size
+        from meditok.ar.vllm_plugin.logits import SEED_RANGE, TOP_K_MAX, requested_guidance, requested_size
 
         if self.engine is None:
             raise ValueError("no engine behind this server")
@@ -100,6 +101,12 @@ class ImagesEndpoint:
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1] - (n - 1):  # image i uses seed + i
+            raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1] - (n - 1)}], got {seed}")
+        temperature, top_p = _number(body, "temperature", 1.0), _number(body, "top_p", 1.0)
+        top_k = _number(body, "top_k", 0)
+        if top_k != int(top_k) or not -1 <= top_k <= TOP_K_MAX:
+            raise ValueError(f"top_k must be -1 or 0 (disabled) or an integer in [1, {TOP_K_MAX}], got {top_k:.6g}")
         layout, builder, tok = self.assets()
         patch = tok.config.patch_size
         grid = (height // patch, width // patch)
@@ -107,13 +114,19 @@ class ImagesEndpoint:
             raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * patch} pixels")
         ids = builder.generation_prompt(prompt, grid)
         n_codes = layout.num_codebooks * grid[0] * grid[1]
+        max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None)
+        if isinstance(max_model_len, int) and len(ids) + n_codes + 2 > max_model_len:
+            raise ValueError(
+                f"size {height}x{width} needs {len(ids)} prompt + {n_codes + 2} output tokens, more than this server's "
+                f"--max-model-len {max_model_len}"
+            )
 
         def params(seed_i: int | None, xargs: dict[str, Any]) -> SamplingParams:
             return SamplingParams(
                 max_tokens=n_codes + 2,
-                temperature=float(body.get("temperature", 1.0)),
-                top_p=float(body.get("top_p", 1.0)),
-                top_k=int(body.get("top_k", 0)) or -1,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=int(top_k) or -1,
                 seed=seed_i,
                 extra_args=xargs,
             )
@@ -147,6 +160,20 @@ class ImagesEndpoint:
             codes, g = token_ids_to_codes(ids[-3:] + tokens[: n_codes + 1], layout)
             data.append({"b64_json": await asyncio.to_thread(_png_b64, tok, codes, g, layout.num_codebooks)})
         return data
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    """A finite JSON number (not a bool or a string) of the body, else ValueError (HTTP 400)."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if not math.isfinite(number):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return number
 
 
 def _png_b64(tok: Any, codes: Any, grid: tuple[int, int], num_codebooks: int) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, PATCH_SIZE, ImageConstraint, TokenLayout
+from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, NUM_CODEBOOKS, PATCH_SIZE, ImageConstraint, TokenLayout
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,17 @@ ROLES = ("cond", "uncond")
 
 
 _served_max_grid: int | None = None
+_served_num_codebooks: int | None = None
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what vLLM's OpenAI protocol accepts and msgspec carries to the engine
+TOP_K_MAX = 2**31 - 1  # vLLM keeps top_k in an int32 tensor (capped to the vocabulary there)
 
 
 def note_served_layout(layout: TokenLayout) -> None:
     """Record the served model's ``max_grid`` in this process. vLLM builds the multimodal processor in the API-server
     process at start-up, before any request, so the logits processors' ``validate_params`` (which vLLM calls there
     without the model config) can answer HTTP 400 for a grid the model cannot write."""
-    global _served_max_grid
-    _served_max_grid = layout.max_grid
+    global _served_max_grid, _served_num_codebooks
+    _served_max_grid, _served_num_codebooks = layout.max_grid, layout.num_codebooks
 
 
 def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
@@ -76,6 +79,44 @@ def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
             raise ValueError(f"vllm_xargs.{name}={value} exceeds this model's {limit * PATCH_SIZE} pixels")
         out.append(value)
     return out[0], out[1]
+
+
+def _brief(value: int | float) -> str:
+    """A number for a message: exact up to 30 digits, else in e-notation (no OverflowError for huge ints)."""
+    text = str(value) if abs(value) < 10**30 else None
+    if text is None:
+        try:
+            text = f"{value:.6g}"
+        except OverflowError:
+            text = "a number beyond float range"
+    return text
+
+
+def image_tokens_needed(size: tuple[int, int], num_codebooks: int) -> int:
+    """Output tokens an image of ``size`` pixels needs at least: its codes and ``<eoi>`` (prompt ends with the header)."""
+    return num_codebooks * (size[0] // PATCH_SIZE) * (size[1] // PATCH_SIZE) + 1
+
+
+def check_sampling(params: Any) -> None:
+    """Sampling settings the engine cannot carry (HTTP 400 at admission, not a 500 from deep inside vLLM): a seed or
+    top_k beyond 64-bit integers (vLLM's messages between processes), and an image request whose ``max_tokens`` (after
+    vLLM capped it to the context ``--max-model-len`` leaves) cannot hold the image."""
+    seed = getattr(params, "seed", None)
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {_brief(seed)}")
+    top_k = getattr(params, "top_k", 0)
+    if top_k is not None and not -1 <= top_k <= TOP_K_MAX:
+        raise ValueError(f"top_k must be -1 or 0 (disabled) or in [1, {TOP_K_MAX}], got {_brief(top_k)}")
+    size = requested_size(getattr(params, "extra_args", None))
+    max_tokens = getattr(params, "max_tokens", None)
+    if size is not None and max_tokens is not None:
+        needed = image_tokens_needed(size, _served_num_codebooks or NUM_CODEBOOKS)
+        if max_tokens < needed:
+            raise ValueError(
+                f"an image of {size[0]}x{size[1]} pixels needs at least {needed} output tokens (codes + <eoi>), but "
+                f"max_tokens is {max_tokens}: ask for max_tokens >= {needed + 1}, or serve with a --max-model-len "
+                "that holds the prompt and the image"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,6 +212,7 @@ class ImageLayoutLogitsProcessor(AdapterLogitsProcessor):
     def validate_params(cls, params: Any) -> None:
         requested_size(params.extra_args)
         requested_guidance(params.extra_args, params)
+        check_sampling(params)
 
     def is_argmax_invariant(self) -> bool:
         return False

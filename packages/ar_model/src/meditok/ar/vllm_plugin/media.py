@@ -32,6 +32,26 @@ def is_medical(data: bytes) -> bool:
         return False
 
 
+def check_raster_size(data: bytes, max_pixels: int) -> None:
+    """ValueError (HTTP 400) if a picture PIL opens declares more than ``max_pixels`` pixels (0 or less: no limit),
+    read from its header before any decode. PIL itself refuses headers over twice ``Image.MAX_IMAGE_PIXELS`` with a
+    ``DecompressionBombError`` that vLLM's loader lets through as a 500."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # header only
+            w, h = image.size
+    except Image.DecompressionBombError as error:
+        limit = f"{max_pixels} pixels (VLLM_MAX_IMAGE_PIXELS)" if max_pixels > 0 else "PIL's bomb limit"
+        raise ValueError(f"Image too large, the maximum is {limit}: {error}") from None
+    except Exception:  # noqa: BLE001 - not a picture PIL opens: the loaders report it
+        return
+    if max_pixels > 0 and w * h > max_pixels:
+        raise ValueError(f"Image dimensions {w}x{h} ({w * h} pixels) exceed the maximum of {max_pixels} pixels.")
+
+
 def contract_picture(data: bytes, max_pixels: int | None = None) -> Any:
     """Medical bytes -> the contract's [0, 1] pixels as a lossless PIL image (ValueError with the reader's message).
     ``max_pixels``: a DICOM declaring more values (rows x columns x frames x samples) is refused from its header."""
@@ -62,6 +82,7 @@ def install_dicom_loader() -> None:
 
     def load_bytes(self: Any, data: bytes) -> Any:
         max_pixels = media_image.envs.VLLM_MAX_IMAGE_PIXELS
+        check_raster_size(data, max_pixels)
         if not is_medical(data):
             return original(self, data)
         picture = contract_picture(data, max_pixels)
