@@ -448,7 +448,76 @@ def test_sampling_settings_the_engine_cannot_carry_are_refused():
         (SamplingParams(top_k=int(1e300)), "top_k must be"),
         (SamplingParams(max_tokens=16, extra_args={"image_size": 64}), "needs at least 129 output tokens"),
         (SamplingParams(max_tokens=8 * 4 * 4, extra_args={"image_size": 64}), "max_tokens is 128"),
+        (
+            SamplingParams(temperature=0.0, max_tokens=200, extra_args={"image_size": 64, "cfg_scale": 1e39, "cfg_pair": "p"}),
+            "float32",
+        ),
     ]  # fmt: skip
     for params, message in bad:
         with pytest.raises(ValueError, match=message):
             validate(params)
+    import numpy as np
+
+    from meditok.ar.vllm_plugin.logits import requested_guidance
+
+    assert np.isinf(np.float32(1e39)) and np.isfinite(1e39)  # why float32: finite in Python, inf in the logits
+    with pytest.raises(ValueError, match="float32"):  # an int beyond float (the images endpoint's JSON body)
+        requested_guidance({"image_size": 64, "cfg_scale": 10**400, "cfg_pair": "p"})
+
+
+def _layout_processor(model_dir):
+    from meditok.ar.vllm_plugin.logits import ImageLayoutLogitsProcessor
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hf_config = SimpleNamespace(meditok_ar=config["meditok_ar"], eos_token_id=config["eos_token_id"])
+    proc = ImageLayoutLogitsProcessor(SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config)), "cpu", False)
+    return proc, TokenLayout.from_config(config)
+
+
+def test_the_layout_holds_when_logits_are_inf_or_nan(model_dir):
+    """A row with +inf or NaN anywhere makes softmax all-NaN, and vLLM's sampler then returns token 0. After the layout
+    processor every sampled token (greedy and random) is inside the allowed range."""
+    from vllm import SamplingParams
+
+    proc, layout = _layout_processor(model_dir)
+    header = [layout.boi_token_id, layout.height_token(2), layout.width_token(2)]
+    generator = torch.Generator().manual_seed(0)
+    for step, (lo, hi) in ((0, layout.code_token_range(0)), (32, (layout.eoi_token_id, layout.eoi_token_id + 1))):
+        for poison in ("inf_outside", "inf_inside", "nan_inside", "all_nan", "all_neg_inf", "all_pos_inf"):
+            fn = proc.new_req_logits_processor(SamplingParams(max_tokens=200, extra_args={"image_size": 32}))
+            row = torch.randn(layout.vocab_size, generator=generator)
+            if poison == "inf_outside":
+                row[0] = float("inf")
+            elif poison == "inf_inside":
+                row[lo] = float("inf")
+                row[0] = float("nan")
+            elif poison == "nan_inside":
+                row[lo:hi] = float("nan")
+                row[1] = float("inf")
+            else:
+                row[:] = {"all_nan": float("nan"), "all_neg_inf": float("-inf"), "all_pos_inf": float("inf")}[poison]
+            out = fn([1, 5] + header, [0] * step, row.clone())
+            probs = torch.softmax(out / 0.5, dim=-1)  # a temperature below 1 scales the bounded logits up
+            assert not probs.isnan().any(), poison
+            assert float(probs[lo:hi].sum()) == pytest.approx(1.0), poison
+            assert lo <= int(out.argmax()) < hi, poison
+            sampled = torch.multinomial(probs, 64, replacement=True, generator=generator)
+            assert ((sampled >= lo) & (sampled < hi)).all(), poison
+            if poison == "inf_inside":
+                assert int(out.argmax()) == lo  # an infinite logit in the range still wins
+
+
+def test_guidance_with_a_huge_scale_keeps_the_layout(model_dir):
+    from vllm import SamplingParams
+
+    proc, layout, eos = _guidance_processor(model_dir)
+    header = [layout.boi_token_id, layout.height_token(2), layout.width_token(2)]
+    xargs = {"image_size": 32, "cfg_scale": 3e38, "cfg_pair": "big"}  # finite in float32: accepted
+    params = SamplingParams(temperature=1.0, seed=1, max_tokens=40, extra_args=xargs)
+    proc.update_state(_update(added=[(0, params, [1] + header, []), (1, params, [1, 7, 8] + header, [])], size=2))
+    logits = torch.randn(2, layout.vocab_size, generator=torch.Generator().manual_seed(1)) * 10
+    out = proc.apply(logits)  # c + (s - 1)(c - u) overflows float32 to +-inf (and 0 * inf = NaN)
+    lo, hi = layout.code_token_range(0)
+    probs = torch.softmax(out, dim=-1)
+    assert not probs.isnan().any() and torch.equal(out[0], out[1])
+    assert float(probs[:, lo:hi].sum(-1).min()) == pytest.approx(1.0)

@@ -27,6 +27,10 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
             "--ct-window", help="CT window preset (common, soft_tissue, lung, bone, full), LOW,HIGH or dicom"
         )
         p.add_argument("--limit-per-modality", type=int, default=None, help="at most N images per modality")
+        p.add_argument("--data-root", help="folder every manifest row must resolve under (default: the manifest's)")
+        p.add_argument(
+            "--allow-outside-root", action="store_true", help="read manifest rows that resolve outside the data root"
+        )
 
 
 def _tokenizer_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -98,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, data=False)
     p.add_argument("--questions", action="append", required=True, help="question file (.jsonl/.json; repeatable)")
     p.add_argument("--image-root", help="folder the image fields are relative to (default: the file's folder)")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept image fields that resolve outside the image root (absolute paths, ../)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", help="answers already produced (.jsonl with question_id + text)")
     src.add_argument("--url", help="OpenAI-compatible server (vllm serve), e.g. http://localhost:8000/v1")
@@ -149,6 +158,11 @@ def _adapters(args, feature_modes: tuple[str, ...] = ("features",)) -> list:
     return adapters
 
 
+def _roots(args) -> dict:
+    """The data-root options of a manifest-reading command (`load_manifest`, `load_eval_set`)."""
+    return {"data_root": args.data_root, "allow_outside_root": args.allow_outside_root}
+
+
 def _image_input(args, base=None):
     from meditok.evals.data import image_input_of
 
@@ -163,13 +177,15 @@ def _cmd_recon(args: argparse.Namespace) -> Report:
 
     progress = not args.quiet
     spec = _image_input(args)
-    load_manifest(args.data)
+    load_manifest(args.data, **_roots(args))
     lpips = load_lpips(args.lpips)
     if not args.no_fid:
         resolve_inception(args.inception)
     adapters = _adapters(args)
     inception = None if args.no_fid else InceptionFeatures(args.inception, args.device)
-    data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    data = load_eval_set(
+        args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress, **_roots(args)
+    )
     results, recons = evaluate_recon(
         data, adapters, inception=inception, lpips=lpips, batch_size=args.batch_size, progress=progress
     )
@@ -201,9 +217,11 @@ def _cmd_codebook(args: argparse.Namespace) -> Report:
 
     progress = not args.quiet
     spec = _image_input(args)
-    load_manifest(args.data)
+    load_manifest(args.data, **_roots(args))
     tok = load_meditok(args.weights, args.device)
-    data = load_eval_set(args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    data = load_eval_set(
+        args.data, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress, **_roots(args)
+    )
     result, counts = evaluate_codebook(tok, data, args.batch_size, progress)
     report = Report(args.out, "meditok-eval codebook")
     write_codebook_report(report, data, result, counts, f"MedITok-{tok.config.name} ({Path(args.weights).name})")
@@ -221,7 +239,7 @@ def _cmd_probe(args: argparse.Namespace) -> Report:
         if d.endswith(".npz"):
             check_npz(d)
         else:
-            rows = load_manifest(d, label_key=args.label_key)
+            rows = load_manifest(d, label_key=args.label_key, **_roots(args))
             manifest_label_matrix(rows, args.label_key, True if args.multi_label else None, args.label_sep, d)
     modes = ("features", "embed") if args.feature == "both" else (args.feature,)
     adapters = _adapters(args, modes)
@@ -238,6 +256,7 @@ def _cmd_probe(args: argparse.Namespace) -> Report:
                 progress=progress,
                 multi_label=True if args.multi_label else None,
                 label_sep=args.label_sep,
+                **_roots(args),
             )
         )
         results[data.name] = evaluate_probe(
@@ -273,7 +292,7 @@ def _cmd_zeroshot(args: argparse.Namespace) -> Report:
 
     progress = not args.quiet
     spec = _image_input(args)
-    rows = load_manifest(args.data, label_key=args.label_key)
+    rows = load_manifest(args.data, label_key=args.label_key, **_roots(args))
     tok = load_meditok(args.weights, args.device)
     alignment = resolve_alignment(args.weights, args.text_alignment)
     if alignment is not None and alignment.embed_dim != tok.config.embed_dim:
@@ -317,6 +336,7 @@ def _cmd_zeroshot(args: argparse.Namespace) -> Report:
         label_key=args.label_key,
         limit_per_group=args.limit_per_modality,
         progress=progress,
+        **_roots(args),
     )
     m = evaluate_zeroshot(tok, tower, data, prompts, classes, args.batch_size, progress, logit_scale=scale)
     m["text_tower"] = tw
@@ -332,7 +352,11 @@ def _cmd_vqa(args: argparse.Namespace) -> Report:
 
     progress = not args.quiet
     questions = [
-        q for f in args.questions for q in vqa.load_questions(f, args.image_root, check_images=not args.predictions)
+        q
+        for f in args.questions
+        for q in vqa.load_questions(
+            f, args.image_root, check_images=not args.predictions, allow_outside_root=args.allow_outside_root
+        )
     ]
     if args.predictions:
         preds, name = vqa.load_predictions(args.predictions), f"`{args.predictions}`"
@@ -365,7 +389,7 @@ def _cmd_gen(args: argparse.Namespace) -> Report:
 
     progress = not args.quiet
     spec = _image_input(args)
-    load_manifest(args.real)
+    load_manifest(args.real, **_roots(args))
     resolve_inception(args.inception)
     folder = gen.scan_folder(args.generated) if args.generated else None
     fn = None
@@ -378,7 +402,9 @@ def _cmd_gen(args: argparse.Namespace) -> Report:
         spec = _image_input(args, base=model.image_input)
         fn = gen.ar_generator(model, spec)
     inception = InceptionFeatures(args.inception, args.device)
-    real_set = load_eval_set(args.real, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress)
+    real_set = load_eval_set(
+        args.real, image_input=spec, limit_per_group=args.limit_per_modality, progress=progress, **_roots(args)
+    )
     real = gen.group_real(real_set.images, real_set.groups)
     fake = (
         gen.load_folder_images(folder, spec, progress)

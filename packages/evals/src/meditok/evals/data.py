@@ -13,7 +13,9 @@ finding names (``["effusion", "edema"]``, ``[]`` = none). ``multi_label=True`` a
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,10 +126,95 @@ def label_matrix(values: list, sep: str = "|", where: str = "labels") -> tuple[n
     return matrix, names
 
 
-def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_group: int | None = None, seed: int = 0):
+def under_root(path: str | Path, root: Path) -> bool:
+    """Whether ``path`` (made absolute, ``..`` removed, as written: a link placed inside the root by its owner is not
+    followed) lies under ``root``."""
+    normal = Path(os.path.normpath(os.path.abspath(path)))
+    root = Path(os.path.normpath(os.path.abspath(root)))
+    return normal == root or root in normal.parents
+
+
+def _dedupe_and_confine(rows, path: Path, raw_paths: list[str], data_root, allow_outside_root: bool, note: bool):
+    """Rows confined to the data root, one row per file (and frame/slice/entry).
+
+    Without ``data_root``: a relative row that climbs out of the manifest's folder (``../``) is refused, an absolute
+    one is accepted (what `meditok-data index ROOT -o elsewhere.jsonl` writes) and counted in a note. With
+    ``data_root``: every row must resolve under it. ``allow_outside_root`` accepts both. Duplicates (one file under two
+    spellings, links followed) keep the first row and are counted."""
+    root = Path(data_root) if data_root is not None else path.parent
+    kept, seen, refused, absolute_outside, duplicates = [], set(), [], 0, 0
+    for row, raw in zip(rows, raw_paths):
+        if not under_root(row.path, root):
+            absolute = raw is not None and os.path.isabs(raw)
+            if allow_outside_root or (data_root is None and absolute):
+                absolute_outside += 1
+            else:
+                refused.append(raw if raw is not None else row.path)
+                continue
+        key = (os.path.realpath(row.path), row.index, row.plane or row.split or row.kind)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        kept.append(row)
+    if refused:
+        raise EvalError(
+            f"manifest {path}: {len(refused)} row(s) name files outside the data root {os.path.abspath(root)}, e.g. "
+            f"{refused[:3]}; pass --allow-outside-root to read them (or --data-root to move the root)"
+        )
+    if note and absolute_outside and not allow_outside_root:
+        print(
+            f"note: manifest {path}: {absolute_outside} row(s) name files outside its folder by absolute path; "
+            "--data-root DIR confines every row to DIR",
+            file=sys.stderr,
+        )
+    if note and duplicates:
+        print(
+            f"note: manifest {path}: {duplicates} duplicate row(s) dropped (the same file under another spelling); "
+            f"{len(kept)} row(s) kept",
+            file=sys.stderr,
+        )
+    return kept, duplicates
+
+
+def _raw_paths(path: Path) -> list[str | None]:
+    """The path fields as the manifest writes them (a CSV's ``root_dir`` joined to its ``identifier``; None where
+    unreadable)."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [
+                os.path.join(r.get("root_dir") or "", (r.get("identifier") or "").strip())
+                for r in csv.DictReader(handle)
+            ]
+    raws = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                value = json.loads(line).get("path")
+            except (json.JSONDecodeError, AttributeError):
+                value = None
+            raws.append(value if isinstance(value, str) else None)
+    return raws
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    label_key: str | None = None,
+    limit_per_group: int | None = None,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    allow_outside_root: bool = False,
+    note: bool = True,
+):
     """Read and validate a manifest (.jsonl or the reference's .csv). Returns the rows (meditok-data ManifestRow).
 
-    ``limit_per_group`` keeps at most that many rows per modality (spread evenly, deterministic)."""
+    Rows are confined to the data root (`_dedupe_and_confine`: ``data_root``, default the manifest's folder, where
+    absolute rows are accepted; ``allow_outside_root`` lifts it); rows naming one file twice (two spellings) are
+    dropped, counted and, with ``note``, said on stderr (the count is the returned list's ``duplicates``). ``limit_per_group`` keeps at most
+    that many rows per modality (spread evenly, deterministic)."""
     from meditok.data import MedicalImageError, read_manifest
 
     path = Path(path)
@@ -141,6 +228,9 @@ def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_g
         raise EvalError(f"cannot read manifest {path}: {exc}") from None
     if not rows:
         raise EvalError(f"manifest {path} has no rows")
+    raws = _raw_paths(path)
+    raws = raws if len(raws) == len(rows) else [r.path if os.path.isabs(r.path) else None for r in rows]
+    rows, duplicates = _dedupe_and_confine(rows, path, raws, data_root, allow_outside_root, note)
     missing = [r.path for r in rows if not Path(r.path).exists()]
     if missing:
         raise EvalError(f"manifest {path}: {len(missing)} image file(s) missing, e.g. {missing[:3]}")
@@ -160,7 +250,15 @@ def load_manifest(path: str | Path, *, label_key: str | None = None, limit_per_g
                 items = [items[i] for i in sorted(set(idx.tolist()))]
             kept.extend(items)
         rows = kept
-    return rows
+    return ManifestRows(rows, duplicates)
+
+
+class ManifestRows(list):
+    """The rows `load_manifest` returns, with ``duplicates``: how many duplicate rows it dropped."""
+
+    def __init__(self, rows, duplicates: int = 0):
+        super().__init__(rows)
+        self.duplicates = duplicates
 
 
 def manifest_label_matrix(
@@ -247,9 +345,12 @@ def load_eval_set(
     progress: bool = True,
     multi_label: bool | None = None,
     label_sep: str = "|",
+    data_root: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> EvalSet:
-    rows = load_manifest(path, label_key=label_key, limit_per_group=limit_per_group)
-    return images_from_rows(
+    rows = load_manifest(path, label_key=label_key, limit_per_group=limit_per_group, data_root=data_root,
+                         allow_outside_root=allow_outside_root, note=False)  # fmt: skip
+    data = images_from_rows(
         rows,
         image_input=image_input,
         size=size,
@@ -260,6 +361,8 @@ def load_eval_set(
         multi_label=multi_label,
         label_sep=label_sep,
     )
+    data.extra["duplicate_rows_dropped"] = rows.duplicates
+    return data
 
 
 def check_npz(path: str | Path) -> dict:

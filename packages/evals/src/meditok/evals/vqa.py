@@ -2,7 +2,9 @@
 
 Question files (.jsonl or .json list), one object per question; accepted field names:
   id: ``question_id`` | ``qid`` | ``id``;  image: ``image`` | ``image_name`` | ``img_name`` | ``Figure_path``
-  (relative to ``--image-root`` or the file's folder);  question: ``question`` | ``text`` | ``Question``
+  (relative to ``--image-root`` or the file's folder, and confined to it: an absolute or ``../`` path outside is
+  an error unless ``--allow-outside-root``; before answering, every image must open as an image, DICOM or NIfTI, so
+  nothing else is ever uploaded);  question: ``question`` | ``text`` | ``Question``
   (a trailing ``<image>`` is dropped);  answer: ``answer`` | ``gt_answer`` | ``Answer``;
   type: ``answer_type`` | ``type`` (``CLOSED``/``OPEN``; SLAKE/VQA-RAD) — questions with options are multiple choice;
   options (PMC-VQA): ``options`` {"A": "..."} or a list, or ``Choice A`` … ``Choice D`` columns ("A:text");
@@ -22,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import os
 import re
 import string
 import urllib.error
@@ -76,13 +79,36 @@ def _options(obj: dict) -> dict[str, str]:
     return found
 
 
+def _checked_image(image_path: Path, checked: dict[Path, str | None]) -> str | None:
+    """Why ``image_path`` cannot be sent as an image (None: it opens as an image, DICOM or NIfTI); cached per file."""
+    if image_path not in checked:
+        from meditok.tokenizer.image_files import ImageFileError, check_image_header, load_image
+
+        try:
+            check_image_header(image_path)
+            load_image(image_path)  # the file really decodes: nothing else is ever uploaded
+            checked[image_path] = None
+        except ImageFileError as exc:
+            checked[image_path] = str(exc)
+        except MemoryError:
+            checked[image_path] = f"{image_path}: out of memory reading it"
+    return checked[image_path]
+
+
 def load_questions(
-    path: str | Path, image_root: str | Path | None = None, check_images: bool = False
+    path: str | Path,
+    image_root: str | Path | None = None,
+    check_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> list[Question]:
+    """Questions of a .jsonl/.json file (see the module docstring). Image fields resolve (``..`` and symlinks
+    followed) under ``image_root`` (default: the file's folder); one outside it is an error unless
+    ``allow_outside_root``. ``check_images`` (the images will be read or uploaded): each must exist and open as an
+    image, DICOM or NIfTI, checked before any question is answered."""
     path = Path(path)
     records = read_json_or_jsonl(path)
-    root = Path(image_root) if image_root else path.parent
-    out, seen = [], set()
+    root = Path(os.path.realpath(image_root if image_root else path.parent))
+    out, seen, checked = [], set(), {}
     for n, obj in enumerate(records, start=1):
         if not isinstance(obj, dict):
             raise EvalError(f"{path}: entry {n} is not an object")
@@ -113,9 +139,22 @@ def load_questions(
                 t = "CLOSED" if normalize(str(answer)) in ("yes", "no") else "OPEN"
             kind = t.lower()
         image = _first(obj, ("image", "image_name", "img_name", "Figure_path"))
-        image_path = str(Path(image) if Path(str(image)).is_absolute() else root / str(image)) if image else None
-        if check_images and image_path and not Path(image_path).exists():
-            raise EvalError(f"{path}: entry {n}: image not found: {image_path}")
+        image_path = None
+        if image:
+            given = Path(str(image))
+            resolved = Path(os.path.realpath(given if given.is_absolute() else root / given))
+            if not allow_outside_root and resolved != root and root not in resolved.parents:
+                raise EvalError(
+                    f"{path}: entry {n}: image {str(image)!r} resolves to {resolved}, outside the image root {root}; "
+                    "pass --allow-outside-root to allow it (or --image-root to move the root)"
+                )
+            image_path = str(resolved)
+            if check_images:
+                if not resolved.exists():
+                    raise EvalError(f"{path}: entry {n}: image not found: {resolved}")
+                problem = _checked_image(resolved, checked)
+                if problem:
+                    raise EvalError(f"{path}: entry {n}: not an image, nothing sent: {problem}")
         text = str(question).replace("<image>", "").strip()
         out.append(Question(qid, text, str(answer), kind, image_path, options, str(obj.get("dataset") or path.stem)))
     if not out:

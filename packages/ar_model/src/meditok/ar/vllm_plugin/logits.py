@@ -45,8 +45,10 @@ ROLES = ("cond", "uncond")
 
 _served_max_grid: int | None = None
 _served_num_codebooks: int | None = None
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 SEED_RANGE = (-(2**63), 2**63 - 1)  # what vLLM's OpenAI protocol accepts and msgspec carries to the engine
 TOP_K_MAX = 2**31 - 1  # vLLM keeps top_k in an int32 tensor (capped to the vocabulary there)
+LOGIT_BOUND = 1e30  # allowed logits are clamped to +-LOGIT_BOUND: softmax of a row holding inf or NaN is all NaN
 
 
 def note_served_layout(layout: TokenLayout) -> None:
@@ -79,6 +81,14 @@ def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
             raise ValueError(f"vllm_xargs.{name}={value} exceeds this model's {limit * PATCH_SIZE} pixels")
         out.append(value)
     return out[0], out[1]
+
+
+def _finite_float32(value: int | float) -> bool:
+    """Finite in Python *and* in float32, the logits' dtype (1e39 is finite in Python, inf in float32)."""
+    try:
+        return math.isfinite(value) and abs(float(value)) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _brief(value: int | float) -> str:
@@ -136,8 +146,10 @@ def requested_guidance(extra_args: dict[str, Any] | None, params: Any = None) ->
     if requested_size(extra) is None:
         raise ValueError("vllm_xargs.cfg_scale applies to image generation: also give image_size or image_height/width")
     scale, pair, role = extra[CFG_SCALE], extra.get(CFG_PAIR), extra.get(CFG_ROLE)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"vllm_xargs.cfg_scale must be a finite number >= 0, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not _finite_float32(scale) or scale < 0:
+        raise ValueError(
+            f"vllm_xargs.cfg_scale must be a finite number >= 0 (in float32, as it is applied), got {scale!r}"
+        )
     if isinstance(pair, bool) or not isinstance(pair, (str, int)) or pair == "":
         raise ValueError(
             "vllm_xargs.cfg_pair is required with cfg_scale: one key shared by the conditional and the unconditional "
@@ -186,11 +198,16 @@ class _RequestLayout:
 
 
 def _keep(row: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """-inf outside [lo, hi) (in place); an empty range keeps the row."""
+    """-inf outside [lo, hi) (in place); an empty range keeps the row. Inside, NaN and -inf become -LOGIT_BOUND and
+    +inf +LOGIT_BOUND, so that the sampler's softmax stays a distribution over [lo, hi) even when the model or the
+    guidance formula overflowed (a row with inf or NaN otherwise samples token 0, outside the layout)."""
     if hi <= lo:
         return row
     row[:lo] = float("-inf")
     row[hi:] = float("-inf")
+    inside = row[lo:hi]
+    torch.nan_to_num_(inside, nan=-LOGIT_BOUND, posinf=LOGIT_BOUND, neginf=-LOGIT_BOUND)
+    inside.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
     return row
 
 
