@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from .export import STATE_FILE
+from .runlog import LOG_NAME, DiskError, free_space, truncate_after
 from .safe_load import check_checkpoint, deepspeed_safe_loading, safe_load
 
 if TYPE_CHECKING:
@@ -66,6 +67,22 @@ def save_checkpoint(trainer: Trainer) -> Path:
         )
     name = f"step-{trainer.step:08d}"
     tmp, final = trainer.ckpt_dir / f".tmp-{name}", trainer.ckpt_dir / name
+    try:
+        _save(trainer, name, tmp, final)
+    except (OSError, RuntimeError) as exc:  # a full disk: OSError, or torch's "basic_ios::clear: iostream error"
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial .tmp-* left behind
+        latest = trainer.ckpt_dir / "latest"
+        kept = latest.read_text().strip() if latest.is_file() else "none"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DiskError(
+            f"{tmp}: saving the step {trainer.step} checkpoint failed ({first}; {free_space(trainer.ckpt_dir)}); "
+            f"the partial folder was removed, the last complete checkpoint ({kept}) is kept"
+        ) from None
+    barrier()
+    return final
+
+
+def _save(trainer: Trainer, name: str, tmp: Path, final: Path) -> None:
     if trainer.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -102,8 +119,6 @@ def save_checkpoint(trainer: Trainer) -> Path:
         olds = sorted(p for p in trainer.ckpt_dir.glob("step-*") if p.is_dir())
         for old in olds[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
 
 
 def load_checkpoint(trainer: Trainer, path: str) -> None:
@@ -133,6 +148,8 @@ def load_checkpoint(trainer: Trainer, path: str) -> None:
     state = safe_load(ckpt / f"rank{trainer.rank:05d}_state.pt")
     trainer.step, trainer.epoch = int(state["step"]), int(state["epoch"])
     trainer.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+    if trainer.rank == 0:  # steps logged after this checkpoint (before a crash) are logged again by this run
+        truncate_after(trainer.out / LOG_NAME, trainer.step)
     trainer.loader.load_state_dict(state["data"])
     trainer._iter = None
     for cb, n in zip(trainer.gen_engine.module.core.quantizer.codebooks, state["usage_updates"]):

@@ -40,6 +40,7 @@ from .losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
+from .runlog import LOG_NAME, DiskError, append_record, check_writable, free_space, read_records
 from .safe_load import UnsafeCheckpointError
 
 NO_DECAY_KEYS = ("norm_scale", "bn", "ln", "bias", "logit_scale", "norm")
@@ -236,6 +237,7 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
+        check_writable(self.out)  # a read-only or impossible output_dir fails here, not at the first save
         self._init_distributed()
         self._load_aux()
         torch.manual_seed(cfg.run.seed)
@@ -505,7 +507,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         stop = min(cfg.run.steps, cfg.run.stop_after or cfg.run.steps)
-        log_file = self.out / "log.jsonl"
+        log_file = self.out / LOG_NAME
         writer = None
         if self.rank == 0 and cfg.run.tensorboard:
             with contextlib.suppress(Exception):
@@ -542,8 +544,7 @@ class Trainer:
                         "images_per_s": (self.step - start_step) * images_per_step / elapsed,
                         "skipped_images": self.dataset.skipped,
                     }
-                    with log_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_record(log_file, record)  # one write per line; a torn last line reads as absent
                     if writer is not None:
                         for k, v in record.items():
                             if isinstance(v, int | float):
@@ -558,7 +559,13 @@ class Trainer:
         if self.rank == 0 and cfg.run.plots and batch is not None:
             result.update(self.write_report(batch["image"]))
         if self.rank == 0 and self.step == cfg.run.steps:
-            export_checkpoint(self.ckpt_dir / f"step-{self.step:08d}", self.out / "export")
+            try:
+                export_checkpoint(self.ckpt_dir / f"step-{self.step:08d}", self.out / "export")
+            except OSError as exc:
+                raise DiskError(
+                    f"{self.out / 'export'}: export failed ({exc.strerror or exc}; {free_space(self.out)}); the "
+                    f"checkpoint is complete: meditok export {self.ckpt_dir} DIR"
+                ) from None
         barrier()
         return result
 
@@ -566,8 +573,7 @@ class Trainer:
         """loss.png (the whole log.jsonl, resumed parts included) and reconstructions.png of `images`."""
         from .report import psnr, save_loss_curve, save_reconstruction_grid
 
-        log_file = self.out / "log.jsonl"
-        records = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+        records = [r for r in read_records(self.out / LOG_NAME) if "step" in r]
         save_loss_curve(records, self.out / "loss.png")
         core = self.gen_engine.module.core
         was_training = core.training
@@ -626,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-    except (AuxModelError, FileNotFoundError, UnsafeCheckpointError) as exc:
+    except (AuxModelError, FileNotFoundError, UnsafeCheckpointError, DiskError) as exc:
         print(f"meditok-train: error: {exc}{standin_hint(str(exc))}", file=sys.stderr)
         return 2
     try:
@@ -634,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from meditok.data import MedicalImageError
 
-        if not isinstance(exc, MedicalImageError | NonFiniteError):
+        if not isinstance(exc, MedicalImageError | NonFiniteError | DiskError):
             raise
         # data.strict: an unreadable image stops the run with one line naming it (lenient mode skips and counts).
         print(f"meditok-train: error: {exc}", file=sys.stderr)
