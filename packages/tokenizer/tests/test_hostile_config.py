@@ -116,3 +116,27 @@ def test_bare_safetensors_of_each_preset_still_loads(tiny, tmp_path):
     assert loaded.config == tiny.config
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded.encode(x), tiny.encode(x))
+
+
+def test_export_names_the_trainer_state_and_key(tiny, tmp_path):
+    """A training checkpoint whose trainer_state.json records a hostile model_config: `meditok export` refuses it in
+    one line naming the file and the key (the module file holds the real tiny weights)."""
+    ckpt = tmp_path / "step-00000001"
+    (ckpt / "generator").mkdir(parents=True)
+    module = {f"core.{k}": v.detach().clone() for k, v in tiny.state_dict().items()}
+    torch.save({"module": module}, ckpt / "generator" / "mp_rank_00_model_states.pt")
+    config = {**tiny.config.to_dict(), "encoder_depth": 1e9}
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "stage": 1, "model_config": config}))
+    out = tmp_path / "release"
+    done = subprocess.run(
+        [sys.executable, "-m", "meditok.tokenizer.cli", "export", str(ckpt), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"meditok: error: {ckpt / 'trainer_state.json'}: model_config: ")
+    assert "encoder_depth must be an integer, got 1000000000.0" in lines[0]
+    assert not out.exists()

@@ -68,6 +68,14 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     return ckpt
 
 
+def checkpoint_model_config(ckpt: str | os.PathLike, trainer_state: dict) -> MedITokConfig:
+    """The checkpoint's model config, checked (`MedITokConfig`'s bounds); an error names the file and the key."""
+    try:
+        return MedITokConfig.from_dict(trainer_state["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{Path(ckpt) / STATE_FILE}: model_config: {exc}") from None
+
+
 def _module_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (a ZeRO-3 or incomplete checkpoint?)")
@@ -159,7 +167,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
             f"{ckpt / GENERATOR_STATES}: not exporting: {len(bad)} of {len(core)} tensors hold NaN/inf "
             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint"
         )
-    model = MedITok.from_state_dict(core, MedITokConfig.from_dict(state["model_config"]), source=str(checkpoint))
+    model = MedITok.from_state_dict(core, checkpoint_model_config(ckpt, state), source=str(checkpoint))
     alignment = text_alignment_from_checkpoint(module, state, str(ckpt))  # checked before anything is written
     out = model.save_pretrained(out_dir)
     if alignment is None:

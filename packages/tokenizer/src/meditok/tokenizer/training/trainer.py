@@ -26,11 +26,11 @@ from torch import nn
 
 from ..api import MedITok
 from ..auxiliary import AuxModelError, load_lpips, load_text_tower, load_vision_teacher
-from ..config import MedITokConfig, get_config
+from ..config import get_config
 from .checkpointing import barrier, load_checkpoint, save_checkpoint
 from .config import TrainConfig, steps_from_fraction
 from .discriminator import DinoDiscriminator, load_disc_backbone
-from .export import STATE_FILE, export_checkpoint, read_core_state
+from .export import STATE_FILE, checkpoint_model_config, export_checkpoint, read_core_state
 from .losses import (
     DiffAug,
     adaptive_weight_from_output,
@@ -219,9 +219,7 @@ class Trainer:
                 raise AuxModelError(f"model.init_from: file not found: {path}")
             if path.is_dir() and ((path / STATE_FILE).exists() or (path / "latest").is_file()):
                 core_state, disc_init, state = read_core_state(path)  # drops the stage-1 text_* adapters
-                core = MedITok.from_state_dict(
-                    core_state, MedITokConfig.from_dict(state["model_config"]), source=str(path)
-                )
+                core = MedITok.from_state_dict(core_state, checkpoint_model_config(path, state), source=str(path))
             else:
                 core = MedITok.from_pretrained(path)
             if core.config.name != get_config(cfg.config).name:
