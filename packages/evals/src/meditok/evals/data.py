@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from meditok.evals.errors import EvalError
@@ -95,6 +96,35 @@ def _is_indicator(values: list) -> bool:
     )
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _check_vectors(values: list, where: str) -> None:
+    """Rows holding 0/1 vectors (indicators) must all be indicator vectors of one length: a vector of another length
+    or a mix with name lists is an error (never re-read as class names "0" / "1"). Lists holding other numbers are
+    class ids, read as names."""
+    vectors = {
+        i: v for i, v in enumerate(values) if isinstance(v, (list, tuple)) and v and all(_is_number(x) for x in v)
+    }
+    if not vectors or any(x not in (0, 1) for v in vectors.values() for x in v):
+        return  # lists of class ids, read as names
+    if all(len(v) == 1 for v in vectors.values()):
+        return
+    lengths: dict[int, int] = {}
+    for i, v in vectors.items():
+        lengths.setdefault(len(v), i + 1)
+    if len(lengths) > 1:
+        shown = ", ".join(f"length {n} (first at row {row})" for n, row in sorted(lengths.items()))
+        raise EvalError(f"{where}: 0/1 label vectors of different lengths: {shown}; every row needs the same classes")
+    others = [i + 1 for i, v in enumerate(values) if i not in vectors]
+    if others:
+        raise EvalError(
+            f"{where}: rows {others[:5]} are not 0/1 vectors like row {next(iter(vectors)) + 1} "
+            f"({values[others[0] - 1]!r}); every row needs a vector of length {next(iter(lengths))}"
+        )
+
+
 def is_multi_label(values: list, multi_label: bool | None = None) -> bool:
     """``multi_label`` None: auto (some row holds a list whose length is not 1)."""
     if multi_label is not None:
@@ -108,6 +138,7 @@ def label_matrix(values: list, sep: str = "|", where: str = "labels") -> tuple[n
     if _is_indicator(values):
         matrix = np.asarray(values, dtype=np.int64)
         return matrix, [str(i) for i in range(matrix.shape[1])]
+    _check_vectors(values, where)
     sets = []
     for i, v in enumerate(values):
         if v is None:
@@ -325,6 +356,10 @@ def images_from_rows(
             images.append(prepare_file_image(load_row(row), spec))
         except (MedicalImageError, ValueError) as exc:
             raise EvalError(f"cannot read {row.key}: {exc}") from None
+        except Image.DecompressionBombError as exc:
+            raise EvalError(f"cannot read {row.key}: image too large ({exc})") from None
+        except MemoryError:
+            raise EvalError(f"cannot read {row.key}: out of memory decoding it") from None
         groups.append(row.modality)
         keys.append(row.key)
         labels.append(_single_label(_row_value(row, label_key)) if label_key else row.modality)
@@ -427,7 +462,10 @@ def load_npz(
         if max_per_split and len(order) > max_per_split:
             order = sorted(rng.sample(order, max_per_split))
         for i in tqdm(order, desc=f"load {path.stem}:{split}", unit="img", disable=not progress):
-            images.append(preprocess(arr[i], spec)[0])
+            try:
+                images.append(preprocess(arr[i], spec)[0])
+            except (ValueError, TypeError) as exc:
+                raise EvalError(f"NPZ {path}: {split}_images[{i}]: {exc}") from None
             rows.append(lab[i].astype(np.int64))
             labels.append(str(int(lab[i, 0])))
             splits.append("train" if split == "train" else "test")

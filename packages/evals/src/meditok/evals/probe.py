@@ -99,6 +99,10 @@ def evaluate_probe_multilabel(
 ) -> dict:
     y = np.asarray(data.label_matrix)
     train, test = split_indices(data, test_size, seed)
+    positives = y[train].sum(0)
+    # a class without both positive and negative training images gets a constant score: its AUC 0.5 / AP would be
+    # no result, so it is left out of the means, counted and reported
+    untrained = [i for i in range(y.shape[1]) if not 0 < positives[i] < len(train)]
     out = {
         "task": "multi-label",
         "classes": list(data.label_names),
@@ -106,12 +110,24 @@ def evaluate_probe_multilabel(
         "n_test": len(test),
         "positives_train": y[train].sum(0).tolist(),
         "positives_test": y[test].sum(0).tolist(),
+        "excluded_untrained_classes": [data.label_names[i] for i in untrained],
         "adapters": {},
     }
     for adapter in adapters:
         feats = extract_features(adapter, data.images, batch_size, progress)
         scores = linear_probe_multilabel(feats[train], y[train], feats[test], c, seed)
         metrics = multilabel_metrics(scores, y[test])
+        if untrained:
+            for i in untrained:
+                metrics["per_class_auc"][i] = metrics["per_class_ap"][i] = None
+            defined = [i for i, v in enumerate(metrics["per_class_auc"]) if v is not None]
+            if not defined:
+                raise EvalError(
+                    f"{data.name}: no class has both positive and negative images in the training and the test split"
+                )
+            metrics["auc"] = float(np.mean([metrics["per_class_auc"][i] for i in defined]))
+            metrics["map"] = float(np.mean([metrics["per_class_ap"][i] for i in defined]))
+            metrics["classes_scored"] = len(defined)
         metrics["feature_dim"] = int(feats.shape[1])
         metrics["scores"] = scores.tolist()
         metrics["targets"] = y[test].tolist()
@@ -136,7 +152,19 @@ def evaluate_probe(
     classes = sorted(set(data.labels))
     y = np.array([classes.index(label) for label in data.labels])
     train, test = split_indices(data, test_size, seed)
-    out = {"task": "single-label", "classes": classes, "n_train": len(train), "n_test": len(test), "adapters": {}}
+    # test images of a class the training split never shows cannot be classified: excluded, counted, reported
+    seen = set(y[train].tolist())
+    unseen: dict[str, int] = {}
+    for i in test:
+        if y[i] not in seen:
+            unseen[classes[y[i]]] = unseen.get(classes[y[i]], 0) + 1
+    test = np.array([i for i in test if y[i] in seen], dtype=np.int64)
+    if not len(test):
+        raise EvalError(
+            f"{data.name}: every test image's class is absent from the training split ({unseen}); nothing to score"
+        )
+    out = {"task": "single-label", "classes": classes, "n_train": len(train), "n_test": len(test),
+           "excluded_unseen_test": unseen, "adapters": {}}  # fmt: skip
     for adapter in adapters:
         feats = extract_features(adapter, data.images, batch_size, progress)
         scores = linear_probe(feats[train], y[train], feats[test], len(classes), c, seed)
@@ -171,6 +199,15 @@ def write_probe_report(report: Report, results: dict[str, dict], notes: list[str
             "mean AUC and mAP = their means over the classes with positive and negative test images; label "
             "accuracy = mean per-class accuracy of probability >= 0.5."
         )
+    for ds, r in single.items():
+        if r.get("excluded_unseen_test"):
+            shown = ", ".join(f"{k}: {v}" for k, v in sorted(r["excluded_unseen_test"].items()))
+            notes = [*notes, f"**{ds}: {sum(r['excluded_unseen_test'].values())} test image(s) excluded**: their "
+                     f"class never occurs in the training split ({shown}); the scores are over the other {r['n_test']}."]  # fmt: skip
+    for ds, r in multi.items():
+        if r.get("excluded_untrained_classes"):
+            notes = [*notes, f"**{ds}: {len(r['excluded_untrained_classes'])} class(es) left out of the means**: no "
+                     f"positive (or no negative) training image ({', '.join(r['excluded_untrained_classes'])})."]  # fmt: skip
     report.text(*intro, *notes)
     if single:
         rows = []
