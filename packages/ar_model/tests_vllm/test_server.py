@@ -303,3 +303,129 @@ def test_image_contract_server_prompt_ids_equal_the_reference(server, reference,
     assert response.status_code == 200, response.text
     codes = reference.image_tokenizer.encode(reference_input(case, path, size=IMAGE_SIZE))[0]
     assert response.json()["prompt_token_ids"] == reference.builder.question_prompt(codes, QUESTION, GRID)
+
+
+def _metric(url: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples on /metrics (all label sets)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((f"{name}{{", f"{name} "))
+    )
+
+
+def test_hostile_input_set_gets_clear_400s_and_good_answers_stay_unchanged(server, reference, xray_png):
+    """Issue 12, points 6-10, through the real server: every hostile request is a 400 with a message (none reaches a
+    remote host, none costs more than a few seconds), an abandoned images request is aborted in the engine, and a
+    fixed set of good requests answers exactly as before."""
+    import threading
+
+    from hostile import BOMB_SIDE, deflated_dicom_bomb, listener, png_bomb_header, zero_png
+
+    url = server["url"]
+    images = f"{url}/v1/images/generations"
+
+    def good() -> tuple:
+        chat = _chat(url, [data_url(xray_png)], max_tokens=12)
+        picture = requests.post(
+            images, json={"prompt": CAPTION, "size": f"{IMAGE_SIZE}", "temperature": 0}, timeout=120
+        )
+        assert chat.status_code == 200 and picture.status_code == 200, (chat.text[:300], picture.text[:300])
+        choice = chat.json()["choices"][0]
+        return chat.json()["prompt_token_ids"], choice["token_ids"], picture.json()["data"][0]["b64_json"]
+
+    before = good()
+    prompt = reference.builder.generation_prompt(CAPTION, GRID)
+    pair = [prompt, reference.builder.generation_prompt("", GRID)]
+    huge = 1e39  # finite in Python, inf in float32
+    big_side = 192  # a 12 x 12 grid: 1152 codes, more than --max-model-len 1024
+    timings = {}
+
+    def timed(name: str, send):
+        start = time.monotonic()
+        response = send()
+        timings[name] = time.monotonic() - start
+        return response
+
+    with listener() as remote:
+        cases = {
+            # 6: no server-side fetch of any URL; open and closed ports answer alike (no port scanner)
+            "http url, open port": (lambda: _chat(url, [remote["url"]]), "data URLs only"),
+            "http url, closed port": (lambda: _chat(url, ["http://127.0.0.1:9/x.png"]), "data URLs only"),
+            "file url": (lambda: _chat(url, ["file:///etc/hostname"]), "allowed-local-media-path"),
+            # 7: refused from the DICOM header, before the 128 MB data set is inflated
+            "deflated dicom bomb": (
+                lambda: _chat(url, [data_url(deflated_dicom_bomb(), "application/dicom")]),
+                f"{BOMB_SIDE} x {BOMB_SIDE} pixels",
+            ),
+            # 8: pixel bombs, out-of-range integers, sizes that cannot fit: 400 at once
+            "png bomb header": (lambda: _chat(url, [data_url(png_bomb_header(60000))]), "3600000000 pixels"),
+            "real 20000^2 png": (lambda: _chat(url, [data_url(zero_png(20000, 20000))]), "400000000 pixels"),
+            "completions seed 2**70": (lambda: _generate(url, prompt, seed=2**70), "seed"),
+            "completions top_k 1e300": (lambda: _generate(url, prompt, top_k=1e300), "top_k"),
+            "images seed 2**70": (
+                lambda: requests.post(images, json={"prompt": CAPTION, "seed": 2**70}, timeout=60),
+                "seed",
+            ),
+            "images top_k 1e300": (
+                lambda: requests.post(images, json={"prompt": CAPTION, "top_k": 1e300}, timeout=60),
+                "top_k",
+            ),
+            "images size beyond max-model-len": (
+                lambda: requests.post(images, json={"prompt": CAPTION, "size": str(big_side)}, timeout=60),
+                "--max-model-len 1024",
+            ),
+            "completions size beyond max-model-len": (
+                lambda: _generate(url, prompt[:-3], max_tokens=None, vllm_xargs={"image_size": big_side}),
+                "1153 output tokens",
+            ),
+            # 9: a guidance scale that is infinite in float32
+            "completions cfg_scale 1e39": (
+                lambda: _generate(url, pair, vllm_xargs={"image_size": IMAGE_SIZE, "cfg_scale": huge, "cfg_pair": "h"}),
+                "float32",
+            ),
+            "images cfg_scale 1e39": (
+                lambda: requests.post(images, json={"prompt": CAPTION, "size": "64", "cfg_scale": huge}, timeout=60),
+                "float32",
+            ),
+        }
+        answers = {name: timed(name, send) for name, (send, _) in cases.items()}
+        assert remote["hits"] == 0
+    for name, (_, expected) in cases.items():
+        response = answers[name]
+        assert response.status_code == 400, (name, response.status_code, response.text[:300])
+        message = response.json()["error"]["message"]
+        assert expected in message, (name, message[:300])
+        assert timings[name] < 15, (name, timings[name])  # the bomb cost 35 s, the oversized generation 35 s
+    ports = [answers[f"http url, {kind} port"].json()["error"]["message"] for kind in ("open", "closed")]
+    assert ports[0].replace(remote["url"], "URL") == ports[1].replace("http://127.0.0.1:9/x.png", "URL")
+
+    # 10: a client that leaves an images request: its 8 engine requests are aborted, not run to the end
+    side = 176  # 11 x 11 grid: 968 codes per image, 8 images
+    body = {"prompt": CAPTION, "size": str(side), "n": 8, "temperature": 1.0, "seed": 3}
+    samples, stop = [], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic(), _metric(url, "vllm:num_requests_running")))
+            time.sleep(0.1)
+
+    tokens_before = _metric(url, "vllm:generation_tokens_total")
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(images, json=body, timeout=(5, 1.5))
+    left = time.monotonic()
+    deadline = left + 20
+    while _metric(url, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = time.monotonic()
+    stop.set()
+    watcher.join()
+    generated = _metric(url, "vllm:generation_tokens_total") - tokens_before
+    assert max(running for _, running in samples) == 8  # the 8 requests were running when the client left
+    assert stopped - left < 5, stopped - left
+    # measured on 2 CPU cores: running 8 -> 0 in 0.15 s after the client left, 1625 of the 7760 tokens generated
+    assert generated < 8 * (8 * (side // 16) ** 2 + 2), generated  # not the 8 full images
+
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    assert good() == before

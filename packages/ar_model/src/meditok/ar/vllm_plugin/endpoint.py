@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import math
 import time
@@ -46,7 +47,9 @@ class ImagesEndpoint:
                 body = await request.json()
                 if not isinstance(body, dict):
                     raise ValueError("body must be a JSON object")
-                data = await plugin.generate(body)
+                data = await _unless_disconnected(request, plugin.generate(body))
+                if data is None:  # the client left: its engine requests were aborted
+                    return JSONResponse({"error": {"message": "client disconnected", "code": 499}}, 499)
             except ValueError as error:
                 return JSONResponse({"error": {"message": str(error), "type": "BadRequestError", "code": 400}}, 400)
             except Unavailable as error:
@@ -174,6 +177,31 @@ def _number(body: dict[str, Any], key: str, default: float) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     return number
+
+
+async def _unless_disconnected(request: Request, work: Any) -> Any:
+    """Await ``work`` unless the client disconnects first; then cancel it (None). vLLM's ``generate`` aborts its engine
+    request when cancelled, so an abandoned call stops generating at once (the body has been read already, so the only
+    message left to receive is ``http.disconnect``)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself was cancelled (shutdown): do not leave the work running
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task  # let every engine request's abort run
+    return None
 
 
 def _png_b64(tok: Any, codes: Any, grid: tuple[int, int], num_codebooks: int) -> str:
