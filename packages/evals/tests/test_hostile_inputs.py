@@ -106,6 +106,19 @@ def test_vqa_url_uploads_nothing_but_images(layout, server, tmp_path, capsys):
     assert question.image == str((layout / "img.png").resolve())
 
 
+def test_mistaken_question_and_prediction_files_are_one_line(layout, tmp_path, capsys):
+    binary = layout / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    questions = _questions(layout, "img.png")
+    for args in (["--questions", str(layout), "--predictions", str(binary)],
+                 ["--questions", str(binary), "--predictions", str(binary)],
+                 ["--questions", str(questions), "--predictions", str(layout)]):  # fmt: skip
+        assert main(["vqa", *args, "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "is a directory" in err or "cannot read" in err
+
+
 def test_manifest_rows_resolve_under_the_root_and_count_once(layout, tmp_path, capsys):
     manifest = layout / "manifest.jsonl"
     rows = [

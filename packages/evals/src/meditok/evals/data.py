@@ -493,7 +493,12 @@ def read_json_or_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise EvalError(f"file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise EvalError(f"{path}: is a directory; expected a .jsonl or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"cannot read {path}: {exc}") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
