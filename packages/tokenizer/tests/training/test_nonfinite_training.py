@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from train_helpers import CONFIGS, overrides, venv_tool
 
@@ -29,8 +30,16 @@ def next_batch(self):
     return batch
 T.Trainer._next_batch = next_batch
 poison_step = int(os.environ.get("POISON_STEP", "0"))
+grad_nan_steps = {int(s) for s in os.environ.get("GRAD_NAN_STEPS", "").split(",") if s}
 original_step = T.Trainer.train_step
 def train_step(self, batch):
+    if self.step + 1 in grad_nan_steps:  # a finite loss whose gradient is NaN in one parameter
+        weight = self.gen_engine.module.core.decoder.last_layer_weight()
+        hook = weight.register_hook(lambda g: g * float("nan"))
+        try:
+            return original_step(self, batch)
+        finally:
+            hook.remove()
     logs = original_step(self, batch)
     if self.step == poison_step:  # an update that overflowed: one weight becomes inf after a finite step
         with torch.no_grad():
@@ -87,6 +96,23 @@ def test_one_nan_batch_is_a_skipped_counted_step(assets, tmp_path):
 
     exported = load_file(out / "export" / "model.safetensors")
     assert all(bool(torch.isfinite(v).all()) for v in exported.values())
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_nonfinite_gradients_are_a_skipped_step(assets, tmp_path, zero_stage):
+    """ZeRO-0: the trainer's total gradient norm; ZeRO-1: DeepSpeed's overflow check; both skip and count."""
+    out = tmp_path / "run"
+    args = overrides(assets, out, "run.steps=3", "run.ckpt_every=1", "run.keep_last=0", f"run.zero_stage={zero_stage}")
+    result = _run([], args, env={"GRAD_NAN_STEPS": "2"})
+    assert result.returncode == 0, result.stderr[-5000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("nonfinite_skipped"), r["nonfinite_steps"]) for r in records] == [
+        (1, None, 0),
+        (2, "gradients", 1),
+        (3, None, 1),
+    ]
+    one, two = _module(out, 1), _module(out, 2)
+    assert all(torch.equal(one[k], two[k]) for k in one if k.endswith("weight"))
 
 
 def test_nonfinite_steps_in_a_row_stop_the_run(assets, tmp_path):
