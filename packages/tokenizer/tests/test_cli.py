@@ -225,6 +225,9 @@ def test_inputs_are_checked_before_the_weights_load(tmp_path, pngs, tiny_weights
     assert rc == 1 and "absent.pth: no such file or directory (--weights)" in capsys.readouterr().err
     rc = main(["encode", str(pngs[0]), "--weights", weights, "--size", "17", "-o", str(tmp_path / "c.npz")])
     assert rc == 1 and "multiples of 16" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    rc = main(["encode", str(pngs[0]), "--weights", weights, "-o", str(tmp_path / "afile" / "sub" / "c.npz")])
+    assert rc == 1 and "afile is not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
     rc = main(["encode", str(tmp_path / "empty"), "--weights", weights, "-o", str(tmp_path / "c.npz")])

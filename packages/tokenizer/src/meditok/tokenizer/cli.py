@@ -22,6 +22,7 @@ middle axial one, as `meditok.data.read_2d`), and `reconstruct` names its output
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -154,6 +155,12 @@ def _check_inputs(args: argparse.Namespace) -> list[tuple[object, str]]:
         kind = "a directory" if args.output.is_dir() else "a file"
         raise CLIError(
             f"{args.output}: -o is {kind}; expected {'a directory' if args.command == 'reconstruct' else 'a .npz file name'}"
+        )
+    folder = args.output if args.command == "reconstruct" else args.output.parent
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(
+            f"{args.output}: cannot write there ({existing} is {'not a directory' if not existing.is_dir() else 'not writable'})"
         )
     try:
         files, names, ignored = expand_inputs(args.images)
