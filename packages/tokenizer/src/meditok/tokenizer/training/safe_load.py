@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,14 @@ def _allowed() -> list[Any]:
     return found
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with `ALLOWED_GLOBALS`; `UnsafeCheckpointError` names the file."""
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with `ALLOWED_GLOBALS`; `UnsafeCheckpointError` names the file.
+    ``mmap``: memory-map the tensors of a zip-format file (the check reads the pickle, not the weights)."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(_allowed()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            mmap = mmap and zipfile.is_zipfile(path)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as exc:  # UnpicklingError, RuntimeError (not a zip / truncated), ...
@@ -77,7 +80,7 @@ def checkpoint_files(ckpt: str | os.PathLike) -> list[Path]:
 def check_checkpoint(ckpt: str | os.PathLike) -> None:
     """Every torch file under ``ckpt`` passes `safe_load` (first refusal raised), before anything loads one."""
     for path in checkpoint_files(ckpt):
-        safe_load(path)
+        safe_load(path, mmap=True)
 
 
 @contextlib.contextmanager
