@@ -41,6 +41,20 @@ def deflated_dicom_bomb() -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=1)
+def nifti_gz_bomb() -> bytes:
+    """A gzipped NIfTI of 1024 x 1024 x 256 zero voxels: 268 M voxels, 268 MB inflated, about 260 KB as sent."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    raw = nib.Nifti1Image(np.zeros((1024, 1024, 256), np.uint8), np.eye(4)).to_bytes()
+    data = gzip.compress(raw, 6)
+    assert len(data) < 1_000_000
+    return data
+
+
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 

@@ -417,6 +417,33 @@ def test_a_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch):
     assert peak < 16 * 2**20 and time.perf_counter() - start < 10  # 128 MB and ~1 s per bomb before the fix
 
 
+def test_a_gzipped_nifti_bomb_is_refused_before_inflating(monkeypatch):
+    import time
+    import tracemalloc
+
+    from hostile import nifti_gz_bomb
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    from meditok.ar.vllm_plugin.media import DEFAULT_MAX_VOXELS, MAX_VOXELS_ENV, install_dicom_loader
+
+    install_dicom_loader()
+    data = nifti_gz_bomb()
+    monkeypatch.delenv(MAX_VOXELS_ENV, raising=False)
+    start = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="1024 x 1024 x 256 = 268435456 voxels") as caught:
+            ImageMediaIO().load_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert DEFAULT_MAX_VOXELS == 2**26 and str(2**26) in str(caught.value)
+    assert peak < 16 * 2**20 and time.perf_counter() - start < 5  # 4.5 s and +520 MB before the check
+    monkeypatch.setenv(MAX_VOXELS_ENV, str(2**20))
+    with pytest.raises(ValueError, match=f"more than the limit of {2**20}"):
+        ImageMediaIO().load_bytes(data)
+
+
 def test_pixel_bombs_are_value_errors(monkeypatch):
     from hostile import png_bomb_header, zero_png
     from vllm.multimodal.media.image import ImageMediaIO

@@ -319,7 +319,7 @@ def test_hostile_input_set_gets_clear_400s_and_good_answers_stay_unchanged(serve
     fixed set of good requests answers exactly as before."""
     import threading
 
-    from hostile import BOMB_SIDE, deflated_dicom_bomb, listener, png_bomb_header, zero_png
+    from hostile import BOMB_SIDE, deflated_dicom_bomb, listener, nifti_gz_bomb, png_bomb_header, zero_png
 
     url = server["url"]
     images = f"{url}/v1/images/generations"
@@ -356,6 +356,10 @@ def test_hostile_input_set_gets_clear_400s_and_good_answers_stay_unchanged(serve
             "deflated dicom bomb": (
                 lambda: _chat(url, [data_url(deflated_dicom_bomb(), "application/dicom")]),
                 f"{BOMB_SIDE} x {BOMB_SIDE} pixels",
+            ),
+            "gzipped nifti bomb": (
+                lambda: _chat(url, [data_url(nifti_gz_bomb(), "application/octet-stream")]),
+                "1024 x 1024 x 256 = 268435456 voxels",
             ),
             # 8: pixel bombs, out-of-range integers, sizes that cannot fit: 400 at once
             "png bomb header": (lambda: _chat(url, [data_url(png_bomb_header(60000))]), "3600000000 pixels"),

@@ -1,5 +1,7 @@
 """A DICOM's declared size is checked against a pixel limit from its header, before decoding or inflating (issue 12.7):
-a small deflate-compressed file whose data set inflates to 128 MB is refused while holding a few MB."""
+a small deflate-compressed file whose data set inflates to 128 MB is refused while holding a few MB. NIfTI bytes (an
+upload) likewise: the header's voxel count against ``max_voxels``, and a gzip stream inflated no further than the
+header declares."""
 
 from __future__ import annotations
 
@@ -85,3 +87,32 @@ def test_a_deflated_data_set_larger_than_its_header_declares_is_refused():
     data = _dicom(64, 48, bytes(40 * 2**20))
     with pytest.raises(MedicalImageError, match="inflates beyond"):
         read_dicom("liar.dcm", data=data)
+
+
+def _nifti_gz(shape: tuple[int, ...], extra: bytes = b"") -> bytes:
+    import gzip
+
+    import nibabel as nib
+
+    raw = nib.Nifti1Image(np.zeros(shape, np.uint8), np.eye(4)).to_bytes()
+    return gzip.compress(raw + extra, 6)
+
+
+def test_nifti_bytes_are_checked_from_the_header_before_inflating():
+    bomb = _nifti_gz((512, 512, 128))  # 33.5 M voxels, 33.5 MB inflated, ~33 KB as sent
+    assert len(bomb) < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(MedicalImageError) as caught:
+            read_2d(bomb, name="upload.nii.gz", max_voxels=2**24)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value).startswith("upload.nii.gz: NIfTI header declares 512 x 512 x 128 = 33554432 voxels")
+    assert str(2**24) in str(caught.value) and peak < 4 * 2**20, peak
+    # a header that declares 8 x 8 x 8 voxels over a gzip stream holding 8 MB more is refused at its declared size
+    with pytest.raises(MedicalImageError, match="inflates beyond the .* bytes its header declares"):
+        read_2d(_nifti_gz((8, 8, 8), bytes(8 * 2**20)), name="liar.nii.gz")
+    # within the limits it reads as before (the middle axial slice of the volume)
+    small = read_2d(_nifti_gz((6, 5, 4)), name="small.nii.gz", max_voxels=6 * 5 * 4)
+    assert small.pixels.shape[0] * small.pixels.shape[1] == 30

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _MARK = "_meditok_medical"
+MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS = "MEDITOK_VLLM_MAX_VOXELS", 2**26  # a NIfTI upload's volume (512 x 512 x 256)
 CONNECTOR = "meditok"  # VLLM_MEDIA_CONNECTOR value `meditok-ar serve` sets: data URLs only unless domains are allowed
 
 
@@ -52,16 +53,29 @@ def check_raster_size(data: bytes, max_pixels: int) -> None:
         raise ValueError(f"Image dimensions {w}x{h} ({w * h} pixels) exceed the maximum of {max_pixels} pixels.")
 
 
+def max_voxels() -> int:
+    """The most voxels a NIfTI upload's header may declare (``MEDITOK_VLLM_MAX_VOXELS``, default 2**26; 0: no limit):
+    the whole volume is read for its middle slice, so VLLM_MAX_IMAGE_PIXELS (a picture's limit) does not bound it."""
+    import os
+
+    value = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    try:
+        return int(value) if value else DEFAULT_MAX_VOXELS
+    except ValueError:
+        raise ValueError(f"{MAX_VOXELS_ENV} must be an integer, got {value!r}") from None
+
+
 def contract_picture(data: bytes, max_pixels: int | None = None) -> Any:
     """Medical bytes -> the contract's [0, 1] pixels as a lossless PIL image (ValueError with the reader's message).
-    ``max_pixels``: a DICOM declaring more values (rows x columns x frames x samples) is refused from its header."""
+    ``max_pixels``: a DICOM declaring more values (rows x columns x frames x samples) is refused from its header; a
+    NIfTI declaring more than `max_voxels` voxels likewise."""
     import numpy as np
     from PIL import Image
 
     from meditok.data import MedicalImageError, load_unit_image
 
     try:
-        pixels, _ = load_unit_image(data, name="image_url", max_pixels=max_pixels)
+        pixels, _ = load_unit_image(data, name="image_url", max_pixels=max_pixels, max_voxels=max_voxels())
     except MedicalImageError as error:
         raise ValueError(f"Failed to load medical image: {error}") from None
     if pixels.dtype == np.uint8:
