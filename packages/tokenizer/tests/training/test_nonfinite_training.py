@@ -12,18 +12,19 @@ import pytest
 import torch
 from train_helpers import CONFIGS, overrides, venv_tool
 
-# The trainer's own entry point, with one NaN pixel put into the batches of the steps named in argv[1] (a data path
-# that let a NaN through: the trainer must not rely on the datasets' check alone).
+# The trainer's own entry point, with one NaN pixel put into the batches of the steps in NAN_STEPS (a data path
+# that let a NaN through: the trainer must not rely on the datasets' check alone; NAN_RANK: on that rank only),
+# GRAD_NAN_STEPS (a NaN gradient under a finite loss) and POISON_STEP (an inf weight after that step).
 NAN_BATCHES = """
 import os
 import sys
 import torch
 from meditok.tokenizer.training import trainer as T
-nan_steps = {int(s) for s in sys.argv[1].split(",") if s}
+nan_steps = {int(s) for s in os.environ.get("NAN_STEPS", "").split(",") if s}
 original = T.Trainer._next_batch
 def next_batch(self):
     batch = original(self)
-    if self.step + 1 in nan_steps:
+    if self.step + 1 in nan_steps and str(self.rank) == os.environ.get("NAN_RANK", str(self.rank)):
         image = batch["image"].clone()
         image[0, 0, 0, 0] = float("nan")
         batch = {**batch, "image": image}
@@ -46,20 +47,13 @@ def train_step(self, batch):
             self.gen_engine.module.core.decoder.last_layer_weight().view(-1)[0] = float("inf")
     return logs
 T.Trainer.train_step = train_step
-sys.exit(T.main(sys.argv[2:]))
+sys.exit(T.main(sys.argv[1:]))
 """
 
 
 def _run(nan_steps, args, timeout=300, env=None):
-    cmd = [
-        sys.executable,
-        "-c",
-        NAN_BATCHES,
-        ",".join(map(str, nan_steps)),
-        "--config",
-        str(CONFIGS / "tiny-cpu-stage1.yaml"),
-    ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", **(env or {})}
+    cmd = [sys.executable, "-c", NAN_BATCHES, "--config", str(CONFIGS / "tiny-cpu-stage1.yaml")]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "NAN_STEPS": ",".join(map(str, nan_steps)), **(env or {})}
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -111,6 +105,24 @@ def test_nonfinite_gradients_are_a_skipped_step(assets, tmp_path, zero_stage):
         (2, "gradients", 1),
         (3, None, 1),
     ]
+    one, two = _module(out, 1), _module(out, 2)
+    assert all(torch.equal(one[k], two[k]) for k in one if k.endswith("weight"))
+
+
+def test_two_ranks_skip_together(assets, tmp_path):
+    """A NaN batch on rank 1 only: both ranks skip the step (rank 0's finite loss included), so the replicas stay
+    equal and rank 0's log records the skip."""
+    script = tmp_path / "nan_train.py"
+    script.write_text(NAN_BATCHES)
+    out = tmp_path / "run"
+    args = overrides(assets, out, "run.steps=3", "run.ckpt_every=1", "run.keep_last=0", "data.batch_size=2")
+    cmd = [venv_tool("deepspeed"), "--num_gpus", "2", "--master_port", "29647", str(script)]
+    cmd += ["--config", str(CONFIGS / "tiny-cpu-stage1.yaml"), *args]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "NAN_STEPS": "2", "NAN_RANK": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("nonfinite_skipped")) for r in records] == [(1, None), (2, "loss"), (3, None)]
     one, two = _module(out, 1), _module(out, 2)
     assert all(torch.equal(one[k], two[k]) for k in one if k.endswith("weight"))
 
