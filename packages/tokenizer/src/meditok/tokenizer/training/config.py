@@ -126,9 +126,6 @@ class RunConfig:
     # A step whose loss or gradients are NaN/inf is skipped (nothing applied, counted in log.jsonl "nonfinite_steps");
     # this many in a row stop the run with an error. Checkpoints and exports never hold non-finite weights.
     max_nonfinite_steps: int = 10
-    # A step whose loss or gradients are NaN/inf is skipped (nothing applied, counted in log.jsonl "nonfinite_steps");
-    # this many in a row stop the run with an error. Checkpoints and exports never hold non-finite weights.
-    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -179,8 +176,6 @@ class TrainConfig:
             problems.append(f"data.image_size must be a multiple of {patch}, got {self.data.image_size}")
         if self.run.steps < 1:
             problems.append("run.steps must be at least 1")
-        if self.run.max_nonfinite_steps < 1:
-            problems.append(f"run.max_nonfinite_steps must be at least 1, got {self.run.max_nonfinite_steps}")
         if self.run.max_nonfinite_steps < 1:
             problems.append(f"run.max_nonfinite_steps must be at least 1, got {self.run.max_nonfinite_steps}")
         if problems:
