@@ -34,7 +34,9 @@ def test_vqa_with_the_transformers_path_scores_its_own_predictions(tmp_path, ar_
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in questions))
     out = tmp_path / "vqa"
-    assert main(["vqa", "--questions", str(qfile), "--model-path", str(ar_dir), "-o", str(out), "--quiet"]) == 0
+    # The images live in the samples folder, not beside the question file: name that root (paths are confined to it).
+    args = ["vqa", "--questions", str(qfile), "--image-root", str(one_per_modality.parent), "--model-path", str(ar_dir)]
+    assert main([*args, "-o", str(out), "--quiet"]) == 0
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["question_id"] for p in preds] == ["1", "2"] and all(isinstance(p["text"], str) for p in preds)
     # The report's numbers, worked out here from the model's own answers with the metric definitions written out
