@@ -20,23 +20,9 @@ BOMB_SIDE = 8000  # the deflated DICOM declares (and holds) 8000 x 8000 16-bit p
 
 @functools.lru_cache(maxsize=1)
 def deflated_dicom_bomb() -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+    from meditok.data.testing import synthetic_dicom
 
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "OT", BOMB_SIDE, BOMB_SIDE, 1
-    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = bytes(BOMB_SIDE * BOMB_SIDE * 2)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = synthetic_dicom(BOMB_SIDE, BOMB_SIDE, bytes(BOMB_SIDE * BOMB_SIDE * 2), deflated=True)
     assert len(data) < 1_000_000 and data[128:132] == b"DICM"
     return data
 

@@ -5,7 +5,6 @@ header declares."""
 
 from __future__ import annotations
 
-import io
 import tracemalloc
 
 import numpy as np
@@ -14,32 +13,13 @@ import pytest
 from meditok.data import MedicalImageError
 from meditok.data.loading import read_2d
 from meditok.data.readers import read_dicom
-
-
-def _dicom(rows: int, cols: int, pixel_data: bytes, deflated: bool = True) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "OT", rows, cols, 1
-    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = pixel_data
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from meditok.data.testing import synthetic_dicom
 
 
 @pytest.fixture(scope="module")
 def bomb() -> bytes:
     """8000 x 8000 16-bit zeros, deflated: 128 MB of data set in a file of about 125 KB."""
-    data = _dicom(8000, 8000, bytes(8000 * 8000 * 2))
+    data = synthetic_dicom(8000, 8000, bytes(8000 * 8000 * 2), deflated=True)
     assert len(data) < 1_000_000
     return data
 
@@ -71,7 +51,7 @@ def test_the_default_limit_and_files_within_it(monkeypatch):
 
     pixels = (np.arange(64 * 48, dtype=np.uint16) * 7).reshape(64, 48)
     for deflated in (True, False):
-        data = _dicom(64, 48, pixels.tobytes(), deflated=deflated)
+        data = synthetic_dicom(64, 48, pixels.tobytes(), deflated=deflated)
         image = read_dicom("small.dcm", data=data)
         assert np.array_equal(image.pixels, pixels), deflated
         monkeypatch.setattr(readers, "MAX_PIXELS", 64 * 48 - 1)
@@ -84,7 +64,7 @@ def test_the_default_limit_and_files_within_it(monkeypatch):
 def test_a_deflated_data_set_larger_than_its_header_declares_is_refused():
     # the header says 64 x 48 (6 KB of pixels) but the pixel data element holds 40 MB (more than the 16 MiB of header
     # that are inflated before the size is known)
-    data = _dicom(64, 48, bytes(40 * 2**20))
+    data = synthetic_dicom(64, 48, bytes(40 * 2**20), deflated=True)
     with pytest.raises(MedicalImageError, match="inflates beyond"):
         read_dicom("liar.dcm", data=data)
 

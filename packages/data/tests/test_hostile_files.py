@@ -6,7 +6,6 @@ the manifest and the shards hold exactly what the good files give; no log line i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ import numpy as np
 import pytest
 from conftest import dicom_file
 from PIL import Image
+
+from meditok.data.testing import synthetic_dicom
 
 TIMEOUT = 120  # a FIFO opened by a reader blocks forever: the subprocess timeout turns that into a failure
 CLI = [sys.executable, "-m", "meditok.data.cli", "-q"]
@@ -45,36 +46,14 @@ def _nifti_header_only(shape: tuple[int, ...]) -> bytes:
     return header.binaryblock + b"\0" * 4 + b"\1" * 244  # 600 bytes: a header and a few voxels
 
 
-def _dicom(rows: int, cols: int, pixel_data: bytes, frames: int | None = None) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "OT", rows, cols, 1
-    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    if frames is not None:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixel_data
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 GOOD_16 = np.arange(256, dtype=np.uint16).reshape(16, 16)
 
 # name (relative to the folder) -> (content, the reason the skip must give)
 HOSTILE = {
     "xray/bomb.png": (_png_header(60000, 60000), "too many pixels"),
     "ct/huge.nii": (_nifti_header_only((30000, 30000, 30000)), "NIfTI header declares 30000 x 30000 x 30000"),
-    "mri/frames.dcm": (_dicom(16, 16, GOOD_16.tobytes(), frames=1000000), "pixel data holds 512 bytes"),
-    "mri/small_rows.dcm": (_dicom(8, 8, GOOD_16.tobytes()), "a frame or more beyond what the header declares"),
+    "mri/frames.dcm": (synthetic_dicom(16, 16, GOOD_16.tobytes(), frames=1000000), "pixel data holds 512 bytes"),
+    "mri/small_rows.dcm": (synthetic_dicom(8, 8, GOOD_16.tobytes()), "a frame or more beyond what the header declares"),
     "xray/evil\nWARNING forged line.png": (_png_header(60000, 60000), "too many pixels"),
 }
 FIFOS = ["xray/pipe.png", "pipe"]  # one with a raster suffix, one that file_kind would sniff for DICOM magic
@@ -92,7 +71,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
             root / "xray" / "good.png"
         )
         shutil.copy(dicom_file("CT_small.dcm"), root / "ct" / "good.dcm")
-        (root / "mri" / "good.dcm").write_bytes(_dicom(16, 16, GOOD_16.tobytes()))
+        (root / "mri" / "good.dcm").write_bytes(synthetic_dicom(16, 16, GOOD_16.tobytes()))
     for name, (content, _) in HOSTILE.items():
         (hostile / name).write_bytes(content)
     for name in FIFOS:

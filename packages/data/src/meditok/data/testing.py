@@ -28,6 +28,34 @@ def require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
+def synthetic_dicom(
+    rows: int, cols: int, pixel_data: bytes, *, frames: int | None = None, deflated: bool = False
+) -> bytes:
+    """A minimal 16-bit MONOCHROME2 secondary-capture DICOM whose header declares ``rows`` x ``cols`` (x ``frames``)
+    around whatever ``pixel_data`` holds, built with pydicom alone: hostile-input tests make headers that lie with it."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "OT", rows, cols, 1
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.PixelData = pixel_data
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 # ----------------------------------------------------------------------------------------------- pytest plugin
 
 _SKIPPED: list[tuple[str, str]] = []  # (test id, reason), in the order pytest reported them
