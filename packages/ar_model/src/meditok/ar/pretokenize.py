@@ -24,10 +24,9 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     """Encode the rows of ``manifest`` assigned to this rank. ``tokenizer``: a MedITok or its path.
     ``max_chunks`` stops after that many new chunks (to test resumption). Returns counts."""
     from meditok.ar.codes import write_code_shards
-    from meditok.data import load_row, read_manifest, unit_image
+    from meditok.data import Preprocess, load_row, read_manifest
     from meditok.data.distributed import rank_and_world_size
     from meditok.data.errors import MedicalImageError
-    from meditok.tokenizer.preprocessing import preprocess
 
     rank, world_size = rank_and_world_size(rank, world_size)
     if not 0 <= rank < world_size:
@@ -43,7 +42,7 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     n_chunks = (len(rows) + chunk_size - 1) // chunk_size
     # The image-input contract with the tokenizer's recorded settings (``size`` overrides the side only); shapes vary
     # with "shorter" / "native", so every image keeps its own grid.
-    spec = tokenizer.image_input.with_overrides(size=size)
+    prepare = Preprocess.from_spec(tokenizer.image_input.with_overrides(size=size))  # eval mode: the contract
     done = skipped_rows = new_chunks = 0
     for chunk in range(rank, n_chunks, world_size):
         final = parts / f"part-{chunk:06d}"
@@ -57,8 +56,7 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         tensors, metas = [], []
         for row in chunk_rows:
             try:
-                image = load_row(row)
-                tensors.append(preprocess(unit_image(image, spec), spec)[0])
+                tensors.append(prepare(load_row(row)))
                 metas.append({"source": row.key, "modality": row.modality, "caption": row.caption})
             except (MedicalImageError, ValueError) as error:
                 skipped_rows += 1

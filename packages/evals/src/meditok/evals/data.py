@@ -322,14 +322,6 @@ def image_input_of(args, weights: str | Path | None = None, base=None):
         raise EvalError(f"image input settings: {exc}") from None
 
 
-def prepare_file_image(image, spec) -> torch.Tensor:
-    """A `MedicalImage` -> [3, H, W] in [-1, 1] through the image-input contract."""
-    from meditok.data import unit_image
-    from meditok.tokenizer.preprocessing import preprocess
-
-    return preprocess(unit_image(image, spec), spec)[0]
-
-
 def images_from_rows(
     rows,
     *,
@@ -344,16 +336,17 @@ def images_from_rows(
 ) -> EvalSet:
     """Decode manifest rows through the image-input contract (``image_input``: an `ImageInput`, default the
     reference's) into an `EvalSet` (multi-label: see the module docstring; ``multi_label`` None = auto)."""
-    from meditok.data import MedicalImageError, load_row
+    from meditok.data import MedicalImageError, Preprocess, load_row
     from meditok.tokenizer.preprocessing import ImageInput
 
     matrix, names = manifest_label_matrix(rows, label_key, multi_label, label_sep, name)
 
     spec = (image_input or ImageInput()).with_overrides(size=size, resize=resize)
+    prepare = Preprocess.from_spec(spec)  # eval mode: the image-input contract
     images, groups, keys, labels, splits = [], [], [], [], []
     for row in tqdm(rows, desc=f"load {name}", unit="img", disable=not progress):
         try:
-            images.append(prepare_file_image(load_row(row), spec))
+            images.append(prepare(load_row(row)))
         except (MedicalImageError, ValueError) as exc:
             raise EvalError(f"cannot read {row.key}: {exc}") from None
         except Image.DecompressionBombError as exc:
