@@ -32,7 +32,7 @@ def test_saved_model_is_readable_by_the_group(tmp_path, umask):
     umask(0o022)  # the common default: colleagues may read what we save
     MedITok.from_config("tiny", seed=0).save_pretrained(tmp_path / "m")
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
-    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+    assert modes == {"README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):

@@ -30,7 +30,7 @@ def test_each_format_loads_strictly_with_identical_outputs(tiny, tiny_weights, i
 def test_save_pretrained_roundtrip_writes_config_and_safetensors(tmp_path, images):
     model = MedITok.from_config("small", seed=5)
     out = model.save_pretrained(tmp_path / "small")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "meditok" and config["model"]["width"] == 256
     _same_outputs(model, MedITok.from_pretrained(out), images)

@@ -52,12 +52,20 @@ class MedITok(MedITokModel):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         config: str | MedITokConfig | None = None,
+        *,
+        filename: str | None = None,
+        revision: str | None = None,
     ) -> MedITok:
-        """Load published weights (`.pth` state dict or training checkpoint), a `.safetensors` file or a directory.
+        """Load published weights (`.pth` state dict or training checkpoint), a `.safetensors` file or a directory,
+        from a local path or a Hugging Face Hub name (`"massaki75/meditok"`, `"org/name"`; `filename=` picks a file
+        of the repository, `revision=` a branch, tag or commit; needs the `[hub]` extra, see `meditok.tokenizer.hub`).
 
         The architecture comes from the directory's config.json, else from `config`, else from the tensor shapes.
         The model is built on the meta device and takes the loaded tensors as they are, so loading holds one copy.
         """
+        from .hub import resolve_weights
+
+        path = resolve_weights(path, filename=filename, revision=revision)
         state_dict, stored_config = read_checkpoint(path)
         model = cls.from_state_dict(state_dict, config if config is not None else stored_config, device, dtype, path)
         model.image_input = read_image_input(path)
@@ -121,8 +129,11 @@ class MedITok(MedITokModel):
         return self.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` (fp32, atomically: a crash never leaves a torn file)."""
+        """Write `config.json` and `model.safetensors` (fp32, atomically: a crash never leaves a torn file), and a
+        model card `README.md` unless the folder already has one (a card the user edited is kept)."""
         from safetensors.torch import save_file
+
+        from .hub import MODEL_CARD_NAME, model_card
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -135,7 +146,32 @@ class MedITok(MedITokModel):
         }
         write_atomic(directory, WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         write_atomic(directory, CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+        if not (directory / MODEL_CARD_NAME).exists():
+            write_atomic(directory, MODEL_CARD_NAME, lambda p: Path(p).write_text(model_card(config)))
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """Upload this tokenizer as a release folder (config.json + model.safetensors + a model card naming
+        `repo_id`) in one commit; `MedITok.from_pretrained(repo_id)` loads it back. Returns the commit URL."""
+        import tempfile
+
+        from .hub import MODEL_CARD_NAME, model_card, push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(tmp)
+            card = json.loads((folder / CONFIG_NAME).read_text())
+            (folder / MODEL_CARD_NAME).write_text(model_card(card, repo_id))  # the card names where it lives
+            return push_folder(
+                folder, repo_id, revision=revision, private=private, token=token, commit_message=commit_message
+            )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -41,6 +41,15 @@ class CLIError(Exception):
     pass
 
 
+def _resolve_weights(args: argparse.Namespace, attribute: str = "weights") -> None:
+    """A local path stays as it is; a Hub name (`massaki75/meditok`, `org/name@rev/file`) becomes the file or
+    folder in the Hugging Face cache, downloaded once here so that everything after reads a local path."""
+    from .hub import resolve_weights
+
+    option = "--weights" if attribute == "weights" and args.command not in ("info",) else attribute
+    setattr(args, attribute, resolve_weights(getattr(args, attribute), option=option))
+
+
 def _load_tokenizer(args: argparse.Namespace):
     from .api import MedITok
 
@@ -149,8 +158,7 @@ def _check_inputs(args: argparse.Namespace) -> list[tuple[object, str]]:
     from .api import read_image_input
     from .image_files import ImageFileError, check_image_header, expand_inputs
 
-    if not args.weights.exists():
-        raise CLIError(f"{args.weights}: no such file or directory (--weights)")
+    _resolve_weights(args)
     if args.output.exists() and args.output.is_dir() != (args.command == "reconstruct"):
         kind = "a directory" if args.output.is_dir() else "a file"
         raise CLIError(
@@ -257,8 +265,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .preprocessing import to_pil
 
     items = load_codes(args.codes)
-    if not args.weights.exists():
-        raise CLIError(f"{args.weights}: no such file or directory (--weights)")
+    _resolve_weights(args)
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
     for name, codes in _progress(items, "decoding"):
@@ -304,6 +311,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .api import MedITok
 
+    _resolve_weights(args, "input")
     tok = MedITok.from_pretrained(args.input)
     tok.save_pretrained(args.output)
     print(f"converted {args.input} ({tok.config.name}, {tok.num_parameters():,} parameters) to {args.output}")
@@ -313,6 +321,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .api import MedITok
 
+    _resolve_weights(args)
     tok = MedITok.from_pretrained(args.weights)
     cfg = tok.config
     print(f"weights:      {args.weights}")
@@ -324,6 +333,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"embedding:    {cfg.embed_dim}-d, logit scale {float(tok.logit_scale.detach().exp()):.2f}")
     usage = ", ".join(f"{u:.1f}" for u in tok.quantizer.usage_per_codebook())
     print(f"code usage %: {usage} (running statistic stored in the weights)")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, revision=args.revision, private=args.private or None,
+                      commit_message=args.message)  # fmt: skip
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
     return 0
 
 
@@ -355,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--weights", "-w", type=Path, required=True, help=".pth, .safetensors or save_pretrained directory"
+            "--weights",
+            "-w",
+            required=True,  # a str, not a Path: Path would fold the '//' of an hf:// name
+            help=".pth, .safetensors or save_pretrained directory, or a Hugging Face Hub name (massaki75/meditok, "
+            "org/name, org/name@revision/file.pth; needs the [hub] extra)",
         )
         p.add_argument("--device", default="cpu")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -394,13 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("convert", help="published .pth -> safetensors directory")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", help="weights: a path or a Hugging Face Hub name (as --weights)")
     p.add_argument("output", type=Path)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="describe a weights file")
-    p.add_argument("weights", type=Path)
+    p.add_argument("weights", help="a path or a Hugging Face Hub name (as --weights)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("push", help="upload a release folder to the Hugging Face Hub (needs the [hub] extra)")
+    p.add_argument("folder", type=Path, help="a save_pretrained / export / convert folder")
+    p.add_argument("repo_id", help="org/name on the Hub (created if absent)")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("export", help="training checkpoint -> save_pretrained directory (no DeepSpeed needed)")
     p.add_argument("checkpoint", type=Path, help="OUT/checkpoints/step-N, or OUT/checkpoints (its 'latest')")
