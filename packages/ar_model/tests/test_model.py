@@ -117,3 +117,37 @@ def test_other_llama_family_bases_extend_save_and_generate(assets, tmp_path, fam
     image, block = reloaded.generate_image("Chest radiograph", size=(32, 16), seed=0, return_tokens=True)
     codes, grid = token_ids_to_codes(block, reloaded.layout)
     assert grid == (2, 1) and codes.shape == (8, 2) and image.size == (16, 32)
+
+
+def test_hub_names_load_the_same_model(assets, extended_dir, tmp_path, monkeypatch, capsys):
+    """`from_pretrained("org/name")`, `tokenizer="org/tok"` and the CLI read a Hugging Face cache built on disk, with
+    the client offline (meditok.tokenizer.hub is the one resolver)."""
+    import huggingface_hub.constants as hub_constants
+
+    from meditok.ar.cli import main
+    from meditok.tokenizer.testing import write_hub_cache
+
+    cache = tmp_path / "hub-cache"
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(hub_constants, name, value)  # read by huggingface_hub at import time
+    files = {p.relative_to(extended_dir).as_posix(): p for p in extended_dir.rglob("*") if p.is_file()}
+    write_hub_cache(cache, "someone/meditok-ar-tiny", files)
+    write_hub_cache(cache, "someone/meditok-tiny", {p.name: p for p in assets["image_tok_dir"].iterdir()})
+    local = MedITokAR.from_pretrained(extended_dir)
+    remote = MedITokAR.from_pretrained("someone/meditok-ar-tiny")
+    ids = torch.tensor([local.builder.image(assets["codes"], assets["grid"])])
+    with torch.no_grad():
+        assert torch.equal(remote.llm(ids).logits, local.llm(ids).logits)
+    # image_tokenizer/ came with the snapshot: the same codes for the same file
+    assert torch.equal(remote.encode_image(assets["xray_path"])[0], local.encode_image(assets["xray_path"])[0])
+    extended = MedITokAR.from_pretrained(assets["llm_dir"], tokenizer="someone/meditok-tiny")
+    assert torch.equal(extended.llm.get_input_embeddings().weight, local.llm.get_input_embeddings().weight)
+    capsys.readouterr()
+    assert main(["info", str(extended_dir)]) == 0
+    expected = capsys.readouterr().out
+    assert main(["info", "someone/meditok-ar-tiny"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["info", "someone/absent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "someone/absent: config.json is not in the Hugging Face cache" in err

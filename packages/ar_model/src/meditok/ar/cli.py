@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pretokenize", help="manifest -> CodesDataset shards (sharded over ranks, resumable)")
     p.add_argument("manifest")
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--tokenizer", required=True, help="MedITok weights (folder, .safetensors or .pth)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="MedITok weights (folder, .safetensors or .pth) or a Hub name (massaki75/meditok)",
+    )
     p.add_argument("--size", type=int, help="image side (default: the tokenizer's recorded image_input)")
     p.add_argument("--rank", type=int)
     p.add_argument("--world-size", type=int)
@@ -77,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _resolve_hub_names(args: argparse.Namespace) -> None:
+    """A model or --tokenizer that is not a local path but a Hugging Face Hub name (org/name[@revision]) becomes its
+    files in the Hub cache (meditok.tokenizer.hub), so the checks below and the command see a local path."""
+    from meditok.tokenizer.hub import parse_hub_name, resolve_folder, resolve_weights
+
+    def hub(value: str | None) -> bool:
+        return value is not None and not Path(value).exists() and parse_hub_name(value) is not None
+
+    if args.command in ("answer", "generate-image", "info") and hub(args.model):
+        args.model = str(resolve_folder(args.model))
+    if args.command == "pretokenize" and hub(args.tokenizer):
+        args.tokenizer = str(resolve_weights(args.tokenizer))
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
     """Every path a command reads (and the folder it writes into) checked before any model loads: one-line errors."""
 
@@ -92,6 +110,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise ValueError(f"{path}: is a directory; expected a file ({what})")
 
     command = args.command
+    _resolve_hub_names(args)
     if command in ("answer", "generate-image", "serve", "info"):
         need(args.model, "the model folder", folder=True)
     if command == "answer":

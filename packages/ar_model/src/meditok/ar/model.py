@@ -87,10 +87,19 @@ class MedITokAR:
                         max_grid: int | None = None, init_seed: int = 0) -> MedITokAR:  # fmt: skip
         """Load a MedITokAR folder, an adapter folder (base + PEFT adapter), or extend a plain local HF causal LM.
 
+        ``path`` and a ``tokenizer`` path may be Hugging Face Hub names (``org/name``, ``massaki75/meditok``).
         ``tokenizer``: the MedITok image tokenizer (a ``MedITok`` or a path). Required to extend a plain LLM (its
         codebooks initialise the image rows); optional for MedITokAR folders (they record theirs)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from meditok.tokenizer.hub import parse_hub_name, resolve_folder, resolve_weights
+
+        # Hugging Face Hub names (org/name[@revision]) become their snapshot in the Hub cache (meditok.tokenizer.hub,
+        # the one resolver); a missing local path stays a FileNotFoundError below.
+        if not Path(path).exists() and parse_hub_name(path) is not None:
+            path = resolve_folder(path)
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = resolve_weights(tokenizer)  # a local path, so that save_pretrained can copy it
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a model folder")
