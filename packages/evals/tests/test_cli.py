@@ -108,6 +108,32 @@ def test_codebook_end_to_end(tmp_path, three_per_modality, tiny_weights):
     assert (out / "codebook_usage.png").exists()
 
 
+def test_weights_take_hub_names(tmp_path, monkeypatch, three_per_modality, tiny_weights, capsys):
+    """--weights org/name reads a Hugging Face cache built on disk, offline: the same report as the local folder."""
+    import huggingface_hub.constants as hub_constants
+
+    from meditok.tokenizer.testing import write_hub_cache
+
+    cache = tmp_path / "hub-cache"
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(hub_constants, name, value)  # read by huggingface_hub at import time
+    write_hub_cache(cache, "someone/meditok-tiny", {p.name: p for p in Path(tiny_weights).iterdir()})
+    runs = {}
+    for weights in (str(tiny_weights), "someone/meditok-tiny"):
+        out = tmp_path / weights.replace("/", "_")
+        argv = ["codebook", "--data", str(three_per_modality), "--weights", weights, "--size", "64", "-o", str(out)]
+        assert main([*argv, "--quiet"]) == 0
+        runs[weights] = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert runs["someone/meditok-tiny"]["per_codebook"] == runs[str(tiny_weights)]["per_codebook"]
+    capsys.readouterr()
+    assert (
+        main(["codebook", "--data", str(three_per_modality), "--weights", "someone/absent", "-o", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "someone/absent: config.json + model.safetensors is not in the Hugging Face" in err
+
+
 def _derm_npz(path: Path, per_class: int = 24) -> Path:
     """A MedMNIST-style NPZ from the real PH² dermoscopy patches: label 0 = Similar, 1 = nonSimilar."""
     from PIL import Image

@@ -34,7 +34,9 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 
 def _tokenizer_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--weights", required=required, help="MedITok weights (.pth, .safetensors or save_pretrained dir)")
+    p.add_argument(
+        "--weights", required=required, help="MedITok weights (.pth, .safetensors, save_pretrained dir or Hub name)"
+    )
     p.add_argument("--adapter", action="append", default=[], help="other tokenizer: package.module:factory[=arg]")
     p.add_argument("--no-baseline", action="store_true", help="leave out the downsample baseline row")
 
@@ -456,9 +458,27 @@ def run(args: argparse.Namespace) -> Path:
     return COMMANDS[args.command](args).write()
 
 
+def _resolve_hub_names(args: argparse.Namespace) -> None:
+    """--weights and --model-path may be Hugging Face Hub names (massaki75/meditok, org/name[@revision]): they become
+    their files in the Hub cache here (meditok.tokenizer.hub, the one resolver), so every command reads local paths."""
+    from meditok.tokenizer.hub import HubError, parse_hub_name, resolve_folder, resolve_weights
+
+    def hub(value: object) -> bool:
+        return isinstance(value, str) and not Path(value).exists() and parse_hub_name(value) is not None
+
+    try:
+        if hub(getattr(args, "weights", None)):
+            args.weights = str(resolve_weights(args.weights))
+        if hub(getattr(args, "model_path", None)):
+            args.model_path = str(resolve_folder(args.model_path))
+    except HubError as exc:
+        raise EvalError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_hub_names(args)
         path = run(args)
     except EvalError as exc:
         print(f"meditok-eval {args.command}: error: {exc}", file=sys.stderr)
