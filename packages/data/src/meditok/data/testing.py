@@ -10,6 +10,8 @@ so that a skip that bypassed ``require`` (a raw ``pytest.skip``, ``importorskip`
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
@@ -54,6 +56,44 @@ def synthetic_dicom(
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def write_dicom_series(hu: Any, folder: str | os.PathLike, spacing: tuple[float, float, float]) -> list[Path]:
+    """A CT series (one file per slice) from ``hu`` int16 (slices, rows, columns) in HU, built with pydicom alone:
+    ImageOrientationPatient [1,0,0, 0,1,0], ImagePositionPatient (0, 0, slice * spacing[2]), PixelSpacing (row,
+    column) = spacing[:2], stored as uint16 with RescaleIntercept -1024. File names run against the slice order, so a
+    reader that sorted by name would stack the series upside down. Returns the files in slice order."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for index, plane in enumerate(np.asarray(hu)):
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
+        ds.FrameOfReferenceUID, ds.InstanceNumber = frame_of_reference, index + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, round(index * float(spacing[2]), 4)]
+        ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (np.clip(plane.astype(np.int32) + 1024, 0, 65535).astype("<u2")).tobytes()
+        path = folder / f"IM{len(hu) - index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
 
 
 # ----------------------------------------------------------------------------------------------- pytest plugin

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 
 from meditok.data.errors import MedicalImageError
 from meditok.data.image import MedicalImage
-from meditok.tokenizer.preprocessing import DEFAULT_IMAGE_INPUT, ImageInput, percentile_scale, preprocess
+from meditok.tokenizer.preprocessing import (
+    DEFAULT_IMAGE_INPUT,
+    ImageInput,
+    percentile_bounds,
+    percentile_scale,
+    preprocess,
+)
 
 
 class Window(NamedTuple):
@@ -157,6 +163,24 @@ def unit_image(
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
         raise MedicalImageError(image.source, f"expected a gray (H,W) or RGB (H,W,3) image, got shape {pixels.shape}")
     return percentile_scale(pixels, *spec.percentiles)
+
+
+def intensity_bounds(
+    image: MedicalImage, spec: ImageInput | None = None, *, use_dicom_window: bool = False
+) -> tuple[float, float]:
+    """The (low, high) in the image's own units that `unit_image` maps onto [0, 1]: the CT window, (0, 255) for 8-bit
+    data (x/255), else the ``spec.percentiles`` of the pixels. A volume records them per slice so that a
+    reconstruction can be written back in HU or the file's units (low + unit * (high - low))."""
+    spec = spec or DEFAULT_IMAGE_INPUT
+    try:
+        window = intensity_window(image, spec.ct_window, use_dicom_window)
+    except ValueError as exc:
+        raise MedicalImageError(image.source, str(exc)) from None
+    if window is not None:
+        return float(window.low), float(window.high)
+    if image.pixels.dtype == np.uint8:
+        return 0.0, 255.0
+    return percentile_bounds(image.pixels, *spec.percentiles)
 
 
 def normalize_intensity(

@@ -196,6 +196,24 @@ class MedITok(MedITokModel):
         x = self.prepare(image, **overrides)
         return self.encode(x)[0].reshape(self.config.num_codebooks, x.shape[-2] // 16, x.shape[-1] // 16)
 
+    # ----------------------------------------------------------------------------------------------- volumes
+
+    def encode_volume(self, source: str | os.PathLike, **options: object):
+        """A NIfTI volume, DICOM series folder, multi-frame DICOM or .inv3 -> `meditok.data.volumes.VolumeCodes`:
+        every slice along ``plane=`` ("axial" default, "coronal", "sagittal") through the image-input contract,
+        ``batch_size=`` at a time, codes int64 [D, 8, h*w] with the geometry to undo it; a bad slice is skipped
+        (``on_skip=``, ``strict=``). Needs meditok-data. See `meditok.tokenizer.volumes.encode_volume`."""
+        from .volumes import encode_volume
+
+        return encode_volume(self, source, **options)  # type: ignore[arg-type]
+
+    def decode_volume(self, volume_codes: object, **options: object):
+        """`VolumeCodes` -> `ReconstructedVolume` in HU / file units, in the file's voxel order with its affine
+        (``.save("recon.nii.gz")``). See `meditok.tokenizer.volumes.decode_volume`."""
+        from .volumes import decode_volume
+
+        return decode_volume(self, volume_codes, **options)  # type: ignore[arg-type]
+
     # ----------------------------------------------------------------------------------------------- inference
 
     @property

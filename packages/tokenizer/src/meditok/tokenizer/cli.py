@@ -17,6 +17,13 @@ image files; a file that cannot be read is skipped, named with its reason and co
 An image squashed (`--resize squash`) more than `SQUASH_ASPECT_WARNING` (2x) out of proportion gets one warning
 (`--resize pad` / `native` keep the aspect ratio); dropped alpha is said once; a volume says which slice it gives (the
 middle axial one, as `meditok.data.read_2d`), and `reconstruct` names its output `<name>_slice<i>_recon.png`.
+
+`--volume` tokenises whole volumes instead (NIfTI, .inv3, multi-frame DICOM files and DICOM series folders, one series
+per folder): every slice along `--axis` (axial by default) in batches, with a progress bar over slices; a slice that
+cannot be read is skipped and said, the rest continue. `encode` writes codes [D, 8, h*w] per volume with the geometry
+to undo it (`meditok.data.volumes`, format "meditok-volume-codes-v1"); `decode` writes `<name>_recon.nii.gz` with the
+original affine, voxel order and size; `reconstruct` writes that volume, `<name>_recon.png` (middle axial | coronal |
+sagittal slices, original above reconstruction) and `<name>_psnr.csv`, and prints the PSNR in HU (file units for MR).
 """
 
 from __future__ import annotations
@@ -229,7 +236,62 @@ def _batches(
         yield [p for p, _ in pending], torch.cat([t for _, t in pending])
 
 
+def _check_volume_inputs(args: argparse.Namespace) -> list[Path]:
+    """--volume: every input is one volume (a file, or a folder holding one DICOM series), checked before the weights
+    load; the output path is checked as for images."""
+    _resolve_weights(args)
+    if args.output.exists() and args.output.is_dir() == (args.command == "encode"):
+        raise CLIError(f"{args.output}: -o is {'a directory' if args.output.is_dir() else 'a file'}")
+    try:
+        from meditok.tokenizer.volumes import _volumes_module
+
+        _volumes_module()
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    volumes = []
+    for path in args.images:
+        if not path.exists():
+            raise CLIError(f"{path}: no such file or directory")
+        volumes.append(path)
+    args.report.total = len(volumes)
+    return volumes
+
+
+def _encode_volumes(args: argparse.Namespace, tok, paths: list[Path]) -> list:
+    """Each volume through `MedITok.encode_volume`; a volume that cannot be read is skipped (and counted), a bad
+    slice is said and skipped."""
+    encoded = []
+    for path in paths:
+
+        def said(index: int, reason: str, path: Path = path) -> None:
+            _tell(f"skipped {path}: {args.axis} slice {index}: {reason}")
+
+        try:
+            item = tok.encode_volume(
+                path, plane=args.axis, batch_size=args.batch_size, num_workers=args.workers, strict=args.strict,
+                on_skip=said, **_image_overrides(args),
+            )  # fmt: skip
+        except ValueError as exc:
+            args.report.skip(str(exc))
+            continue
+        item.name = path.name
+        encoded.append(item)
+    args.report.finish()
+    if not encoded:
+        raise CLIError(f"no readable volume among {args.report.total} input(s); nothing written")
+    return encoded
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
+    if args.volume:
+        from meditok.data.volumes import save_volume_codes
+
+        paths = _check_volume_inputs(args)
+        encoded = _encode_volumes(args, _load_tokenizer(args), paths)
+        save_volume_codes(args.output, encoded)
+        shapes = ", ".join(f"{v.name} {list(v.codes.shape)}" for v in encoded)
+        print(f"wrote codes of {len(encoded)} volume(s) to {args.output}: {shapes}")
+        return 0
     inputs = _check_inputs(args)
     tok = _load_tokenizer(args)
     arrays, names = {}, []
@@ -261,9 +323,40 @@ def load_codes(path: Path) -> list[tuple[str, np.ndarray]]:
     return [(name, data[f"codes_{i}"]) for i, name in enumerate(names)]
 
 
+def _is_volume_codes(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "format" in data and str(data["format"]) == "meditok-volume-codes-v1"
+    except (OSError, ValueError):
+        return False
+
+
+def _decode_volumes(args: argparse.Namespace) -> int:
+    try:
+        from meditok.data.volumes import load_volume_codes
+    except ImportError:
+        raise CLIError(f"{args.codes}: decoding volume codes needs meditok-data (pip install meditok-data)") from None
+    try:
+        items = load_volume_codes(args.codes)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    _resolve_weights(args)
+    tok = _load_tokenizer(args)
+    for item in items:
+        try:
+            rebuilt = tok.decode_volume(item, batch_size=args.batch_size)
+        except ValueError as exc:
+            raise CLIError(f"{args.codes} [{item.name}]: {exc}") from None
+        out = rebuilt.save(_output_path(args.output, item.name, "_recon.nii.gz"))
+        print(f"{item.name}: {len(item.slices)} slice(s) -> {out} (shape {list(rebuilt.voxels.shape)})")
+    return 0
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from .preprocessing import to_pil
 
+    if args.codes.is_file() and _is_volume_codes(args.codes):
+        return _decode_volumes(args)
     items = load_codes(args.codes)
     _resolve_weights(args)
     tok = _load_tokenizer(args)
@@ -280,11 +373,40 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstruct_volumes(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from meditok.data import read_volume
+    from meditok.data.volumes import slice_psnr, triptych
+
+    paths = _check_volume_inputs(args)
+    tok = _load_tokenizer(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for item in _encode_volumes(args, tok, paths):
+        rebuilt = tok.decode_volume(item, batch_size=args.batch_size)
+        original = read_volume(Path(item.geometry.source)).voxels
+        scores = slice_psnr(original, rebuilt.canonical, item.geometry)
+        volume_out = rebuilt.save(_output_path(args.output, item.name, "_recon.nii.gz"))
+        picture = _output_path(args.output, item.name, "_recon.png")
+        Image.fromarray(triptych(original, rebuilt.canonical, item.geometry)).save(picture)
+        table = _output_path(args.output, item.name, "_psnr.csv")
+        rows = [f"{args.axis}_slice,psnr_db"] + [f"{i},{v:.3f}" for i, v in scores["per_slice"].items()]
+        table.write_text("\n".join(rows) + "\n")
+        values = list(scores["per_slice"].values())
+        worst = min(scores["per_slice"], key=scores["per_slice"].get) if values else None
+        print(f"{item.name}: PSNR {scores['overall']:.2f} dB in {scores['unit']} over {len(values)} {args.axis} "
+              f"slice(s) (per slice {min(values):.2f}-{max(values):.2f}, worst slice {worst}) -> {volume_out}, "
+              f"{picture.name}, {table.name}")  # fmt: skip
+    return 0
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .preprocessing import psnr, to_uint8
 
+    if args.volume:
+        return _reconstruct_volumes(args)
     inputs = _check_inputs(args)
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -396,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--percentiles", help="LOW,HIGH percentiles for deep grayscale (default 0.5,99.5)")
         p.add_argument("--batch-size", type=int, default=4)
+        p.add_argument(
+            "--volume",
+            action="store_true",
+            help="each input is a whole volume (NIfTI, .inv3, multi-frame DICOM, or a folder of one DICOM series): "
+            "every slice along --axis is tokenised",
+        )
+        p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial", help="with --volume")
+        p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading slices (with --volume)")
 
     p = sub.add_parser("encode", help="images -> codes.npz")
     image_options(p)
@@ -403,9 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="codes.npz -> PNG images")
+    p = sub.add_parser("decode", help="codes.npz -> PNG images (volume codes -> NIfTI volumes)")
     p.add_argument("codes", type=Path)
     model_options(p)
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_decode)
 

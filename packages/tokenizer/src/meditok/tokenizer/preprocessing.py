@@ -157,6 +157,19 @@ def parse_ct_window(text: str | None) -> str | tuple[float, float] | None:
 # ------------------------------------------------------------------------------------------------ intensity
 
 
+def percentile_bounds(
+    values: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 1 << 18
+) -> tuple[float, float]:
+    """The (low, high) values `percentile_scale` maps onto [0, 1] (volumes record them per slice to undo the scaling)."""
+    values = np.asarray(values, dtype=np.float32)
+    sample = values
+    if values.ndim >= 2 and values.size > max_samples:
+        stride = int(np.ceil(np.sqrt(values.size / max_samples)))
+        sample = values[::stride, ::stride]
+    low, high = (float(v) for v in np.percentile(sample, [lower, upper]))
+    return low, high
+
+
 def percentile_scale(
     values: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = 1 << 18
 ) -> np.ndarray:
@@ -167,11 +180,7 @@ def percentile_scale(
     is 20x faster and moves the bounds by well under 1 %.
     """
     values = np.asarray(values, dtype=np.float32)
-    sample = values
-    if values.ndim >= 2 and values.size > max_samples:
-        stride = int(np.ceil(np.sqrt(values.size / max_samples)))
-        sample = values[::stride, ::stride]
-    low, high = (float(v) for v in np.percentile(sample, [lower, upper]))
+    low, high = percentile_bounds(values, lower, upper, max_samples)
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
     return np.clip((values - np.float32(low)) / np.float32(high - low), 0.0, 1.0).astype(np.float32)
@@ -283,6 +292,55 @@ def _apply_geometry(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = _resize(pixels, new_h, new_w, spec.resampler)
     return canvas
+
+
+def restore_geometry(pixels: np.ndarray, height: int, width: int, spec: ImageInput) -> np.ndarray:
+    """The inverse of `preprocess`'s geometry: float pixels (h, w) or (h, w, C) of a prepared image -> (height, width)
+    in the original image's grid, resampled with ``spec.resampler``. Parts the prepared image never held (cut by
+    ``crop``, ``shorter`` or ``native``; ``pad``'s border is dropped) come back as NaN, so callers can tell them apart."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+
+    def placed(inner: np.ndarray, outer_h: int, outer_w: int) -> np.ndarray:
+        canvas = np.full((outer_h, outer_w, *inner.shape[2:]), np.nan, dtype=np.float32)
+        top, left = (outer_h - inner.shape[0]) // 2, (outer_w - inner.shape[1]) // 2  # as _center_crop
+        canvas[top : top + inner.shape[0], left : left + inner.shape[1]] = inner
+        return canvas
+
+    def resized(values: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+        # _resize clips to [0, 1] (its inputs are unit pixels); NaN-free values only reach it here
+        if values.shape[:2] == (out_h, out_w):
+            return values
+        method = RESAMPLERS[spec.resampler]
+        channels = [values] if values.ndim == 2 else [values[..., c] for c in range(values.shape[2])]
+        out = [
+            np.asarray(Image.fromarray(np.ascontiguousarray(c), "F").resize((out_w, out_h), method)) for c in channels
+        ]
+        return out[0] if values.ndim == 2 else np.stack(out, axis=2)
+
+    if spec.resize == "native":
+        return placed(pixels, height, width)
+    if spec.resize == "squash":
+        return resized(pixels, height, width)
+    if spec.resize == "pad":
+        out_h, out_w = spec.output_size  # type: ignore[misc]
+        scale = min(out_h / height, out_w / width)
+        new_h, new_w = min(out_h, max(1, round(height * scale))), min(out_w, max(1, round(width * scale)))
+        top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+        return resized(pixels[top : top + new_h, left : left + new_w], height, width)
+    if spec.resize == "crop":
+        out_h, out_w = spec.output_size  # type: ignore[misc]
+        scale = max(out_h / height, out_w / width)
+        full_h, full_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
+    else:  # shorter
+        side = int(spec.size)
+        scale = side / min(height, width)
+        full_h, full_w = max(side, round(height * scale)), max(side, round(width * scale))
+    canvas = placed(pixels, full_h, full_w)
+    # Resample the covered part and its mask separately, so NaN never spreads through the filter.
+    covered = np.isfinite(canvas if canvas.ndim == 2 else canvas[..., 0]).astype(np.float32)
+    values = resized(np.nan_to_num(canvas, nan=0.0), height, width)
+    mask = resized(covered, height, width) > 0.5
+    return np.where(mask if values.ndim == 2 else mask[..., None], values, np.nan).astype(np.float32)
 
 
 def preprocess(image: Any, spec: ImageInput | None = None, **overrides: Any) -> torch.Tensor:
