@@ -95,12 +95,10 @@ def child_transformers(model_dir: Path, size: int, batch: int, repeats: int, cfg
 def child_vllm(model_dir: Path, size: int, batch: int, repeats: int, cfg: bool) -> dict:
     from vllm import LLM, SamplingParams
 
-    from meditok.ar.vllm_plugin.client import paired_scheduler
-
     grid = (size // 16, size // 16)
     cond, uncond, n_codes = prompts(model_dir, grid, batch)
     llm = LLM(str(model_dir), dtype="float32", enforce_eager=True, max_model_len=n_codes + 64, max_num_seqs=16,
-              kv_cache_memory_bytes=1 << 30, scheduler_cls=paired_scheduler(), seed=0)  # fmt: skip
+              kv_cache_memory_bytes=1 << 30, seed=0)  # the plugin sets the paired scheduler  # fmt: skip
 
     def requests(r: int) -> tuple[list, list]:
         inputs, params = [], []

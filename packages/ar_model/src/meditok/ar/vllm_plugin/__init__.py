@@ -32,6 +32,9 @@ def register() -> None:
 
     install_dicom_loader()
     install_media_connector()
+    from meditok.ar.vllm_plugin import config
+
+    config.install()  # scheduler and model runner for MedITok-AR folders (plain `vllm serve` needs no flags for them)
 
 
 __all__ = ["LOGITS_PROCESSORS", "MODEL_CLASS", "VLLM_VERSION", "register"]

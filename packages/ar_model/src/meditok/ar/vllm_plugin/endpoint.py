@@ -66,14 +66,14 @@ class ImagesEndpoint:
 
             from transformers import AutoTokenizer
 
+            from meditok.ar.chat_format import sequence_builder
             from meditok.ar.layout import TokenLayout, image_tokenizer_path
-            from meditok.ar.sequences import SequenceBuilder
             from meditok.tokenizer import MedITok
 
             folder = Path(self.model_dir or ".")
             layout = TokenLayout.from_config(json.loads((folder / "config.json").read_text()))
             tok = MedITok.from_pretrained(str(image_tokenizer_path(folder, layout))).eval()
-            self._assets = (layout, SequenceBuilder(layout, AutoTokenizer.from_pretrained(str(folder))), tok)
+            self._assets = (layout, sequence_builder(layout, AutoTokenizer.from_pretrained(str(folder))), tok)
         return self._assets
 
     async def generate(self, body: dict[str, Any]) -> list[dict[str, str]]:

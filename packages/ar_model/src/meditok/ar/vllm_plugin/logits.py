@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as RunnerV2LogitsProcessor
+from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcRequestState
 
 from meditok.ar.layout import CONFIG_KEY, DEFAULT_MAX_GRID, NUM_CODEBOOKS, PATCH_SIZE, ImageConstraint, TokenLayout
 
@@ -218,7 +220,39 @@ def _served_layout(vllm_config: Any) -> tuple[TokenLayout | None, int | None]:
     return (TokenLayout.from_config(dict(data)) if data else None), (eos[0] if isinstance(eos, (list, tuple)) else eos)
 
 
-class ImageLayoutLogitsProcessor(AdapterLogitsProcessor):
+class RunnerV2Passthrough(RunnerV2LogitsProcessor):
+    """What vLLM's Model Runner V2 gets from this plugin's entry points: a processor that touches no request.
+
+    Why: the ``vllm.logits_processors`` entry points are loaded for every model served in the environment, and
+    Model Runner V2 (the default of vLLM 0.32's GPU builds) refuses to start when one of them is not a subclass of
+    its own interface (``vllm/v1/worker/gpu/sample/logits_processor/loader.py``). Installing the plugin must not
+    break other models there, so the two processors below are also V2 subclasses and hand V2 this no-op. A
+    MedITok-AR model itself is never served by V2: :mod:`meditok.ar.vllm_plugin.config` selects the V1 runner at
+    start-up (or refuses an explicit ``VLLM_USE_V2_MODEL_RUNNER=1``), since the CFG pairs' lockstep needs V1's
+    per-request sampling generators (V2's noise depends on the token position, which differs within a pair)."""
+
+    def __init__(self, vllm_config: Any, req_states: Any) -> None:
+        self.vocab_size = getattr(req_states, "vocab_size", None)
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        return False
+
+    def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
+        return logits
+
+
+class _EitherRunner:
+    """Construct the V1 processor for the V1 runner ``(vllm_config, device, is_pin_memory)`` and
+    :class:`RunnerV2Passthrough` for Model Runner V2 ``(vllm_config, req_states)``."""
+
+    def __new__(cls, vllm_config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        second = args[0] if args else kwargs.get("req_states")
+        if isinstance(second, LogitsProcRequestState):
+            return RunnerV2Passthrough(vllm_config, second)
+        return super().__new__(cls)
+
+
+class ImageLayoutLogitsProcessor(_EitherRunner, AdapterLogitsProcessor, RunnerV2LogitsProcessor):
     """One image block per request that asks for one; CFG requests are left to :class:`GuidancePairLogitsProcessor`."""
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
@@ -257,7 +291,7 @@ class _Member:
     broken: bool = False
 
 
-class GuidancePairLogitsProcessor(LogitsProcessor):
+class GuidancePairLogitsProcessor(_EitherRunner, LogitsProcessor, RunnerV2LogitsProcessor):
     """Classifier-free guidance over request pairs (see the module docstring); a no-op for requests without
     ``vllm_xargs.cfg_scale``. It masks its requests by the image layout itself, so its order relative to the layout
     processor does not matter."""

@@ -98,3 +98,13 @@ class PairedScheduler(_PairedAdmission, Scheduler):
 
 class PairedAsyncScheduler(_PairedAdmission, AsyncScheduler):
     pass
+
+
+class AutoPairedScheduler:
+    """The paired variant of the scheduler vLLM would have built: :class:`PairedAsyncScheduler` when the final config
+    has async scheduling (GPU builds by default), else :class:`PairedScheduler` (the CPU build). The plugin's config
+    hook sets this class before vLLM decides on async scheduling, so the choice is made here, at construction."""
+
+    def __new__(cls, vllm_config: Any, *args: Any, **kwargs: Any) -> Any:
+        chosen = PairedAsyncScheduler if vllm_config.scheduler_config.async_scheduling else PairedScheduler
+        return chosen(vllm_config, *args, **kwargs)
