@@ -80,6 +80,23 @@ def test_cli_index_round_trip(tree: Path, tmp_path: Path, capsys: pytest.Capture
     assert "broken.png" in capsys.readouterr().err
 
 
+def test_cli_index_rows_resolve_from_the_manifest_folder(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory named relative to the current folder and a manifest written elsewhere: every row still opens (the
+    rows were once written relative to the current folder, and read relative to the manifest's)."""
+    work = tmp_path / "work"
+    shutil.copytree(tree, work / "scans")
+    monkeypatch.chdir(work)
+    for out, expected_prefix in [(work / "runs" / "m.jsonl", str(work / "scans")), (work / "m.jsonl", "scans/")]:
+        assert main(["-q", "index", "scans", "-o", str(out.relative_to(work)), "--slice-step", "50"]) == 0
+        raw = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+        assert raw and all(p.startswith(expected_prefix) for p in raw)
+        monkeypatch.chdir(tmp_path)  # reading does not depend on the current folder
+        assert len([load_row(r) for r in read_manifest(out)]) == len(raw) == 7
+        monkeypatch.chdir(work)
+
+
 def test_reference_csv(tmp_path: Path) -> None:
     hu = np.clip(np.asarray(load_row(ManifestRow(str(dicom_file("CT_small.dcm")), "ct")).pixels), -1024, None)
     images = tmp_path / "2d" / "cls"

@@ -25,9 +25,26 @@ def _cmd_index(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         stats=stats,
     )
-    count = write_manifest(rows, args.output)
+    count = write_manifest(_relative_to_manifest(rows, args.output), args.output)
     print(f"{count} rows from {stats.attempted - stats.skipped} files → {args.output}; {stats.summary()} files")
     return 0
+
+
+def _relative_to_manifest(rows, manifest: Path):
+    """Relative rows are resolved against the manifest's folder when read (read_manifest), but the walk yields them
+    relative to the current directory: rewrite them relative to the manifest's folder when they lie under it, else
+    as absolute paths (a `../` row would be refused as outside the data root by meditok-eval)."""
+    import dataclasses
+    import os
+
+    base = manifest.absolute().parent
+    for row in rows:
+        path = Path(row.path)
+        if not path.is_absolute():
+            path = Path(os.path.abspath(path))
+            inside = path.is_relative_to(base)
+            row = dataclasses.replace(row, path=str(path.relative_to(base) if inside else path))
+        yield row
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
