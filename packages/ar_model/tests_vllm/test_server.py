@@ -1,4 +1,4 @@
-"""A real vLLM server (``meditok-ar serve``) on 127.0.0.1, started once for this module, stopped by process group.
+"""A real vLLM server (``vllm serve``, vLLM's own CLI) on 127.0.0.1, started once for this module, stopped by process group.
 
 CPU settings from the notes: float32, a 256 MB KV cache, eager mode. Images are served at 64 px (4x4 grid)."""
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,12 +42,18 @@ def _free_port() -> int:
 def server(model_dir, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "vllm.log"
-    cmd = [sys.executable, "-m", "meditok.ar.cli", "serve", str(model_dir), "--image-size", str(IMAGE_SIZE),
-           "--served-model-name", "meditok", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "8", "--kv-cache-memory-bytes", "256M",
-           "--limit-mm-per-prompt", '{"image": 1}']  # fmt: skip
+    # vLLM's own console script (`vllm serve`, as a user types it) with generic vLLM flags and environment only: the
+    # folder carries its chat template, the plugin's entry points bring the model, processors, scheduler, runner
+    # choice and (allowlisted in VLLM_PLUGINS, as vLLM requires for endpoint plugins) the images endpoint.
+    vllm_script = Path(sys.executable).with_name("vllm")
+    cmd = [str(vllm_script), "serve", str(model_dir), "--served-model-name", "meditok", "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+           "--max-num-seqs", "8", "--kv-cache-memory-bytes", "256M", "--limit-mm-per-prompt", '{"image": 1}']  # fmt: skip
     env = {**os.environ, "VLLM_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # fmt: skip
+           "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "VLLM_PLUGINS": "meditok_ar,meditok_images", "MEDITOK_VLLM_IMAGE_SIZE": str(IMAGE_SIZE),
+           # the hostile-input test relies on the plugin's media connector (data URLs only, no redirects)
+           "VLLM_MEDIA_CONNECTOR": "meditok", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}  # fmt: skip
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -210,6 +217,8 @@ def test_guided_pair_equals_transformers_cfg(server, reference):
     guided = generate_image_tokens(reference, [CAPTION], GRID, cfg_scale=CFG_SCALE, temperature=0.0)[0]
     assert prompts[0][-3:] + cond[: N_CODES + 1] == guided
     assert guided != generate_image_tokens(reference, [CAPTION], GRID, temperature=0.0)[0]
+    # plain `vllm serve` got the paired scheduler from the plugin's config hook (vLLM logs a custom scheduler class)
+    assert "meditok.ar.vllm_plugin.scheduler.AutoPairedScheduler" in server["log"].read_text()
 
 
 def test_guided_images_endpoint_and_sampled_cli(server, reference, model_dir, tmp_path):
