@@ -24,7 +24,9 @@ ROOT = Path(__file__).parent
 # venv: packages/ar_model/tests_vllm, with a real server (about 5-6 min with the install on 2 cores).
 # "tokenizer-timm" is the training stack plus timm (`teacher.format: timm`) on TIMM_TORCH, in its own venv: only
 # tests/training/test_timm_teacher.py (about 5-6 min with the install on 2 cores).
-PACKAGES = ["tokenizer", "tokenizer-train", "tokenizer-timm", "data", "ar_model", "ar_model-vllm", "evals"]
+# "demo" is meditok-demo (Gradio), tested in a real browser: Debian's chromium + chromium-driver (its apt-packages.txt,
+# installed by .ci/run) driven by Selenium, with tiny models built by the tests.
+PACKAGES = ["tokenizer", "tokenizer-train", "tokenizer-timm", "data", "ar_model", "ar_model-vllm", "evals", "demo"]
 # Local packages a package depends on, installed from this checkout (they are not on PyPI).
 LOCAL_DEPS = {
     "tokenizer": [],
@@ -34,6 +36,7 @@ LOCAL_DEPS = {
     "ar_model": ["tokenizer", "data"],
     "ar_model-vllm": ["tokenizer", "data"],
     "evals": ["tokenizer", "data", "ar_model"],
+    "demo": ["tokenizer", "data", "ar_model", "evals"],
 }
 TORCH = "torch==2.13.0"
 # timm imports torchvision at import time, and no PyPI torchvision loads beside torch 2.13.0+cpu ("operator
