@@ -55,6 +55,7 @@ class MedITok(MedITokModel):
         *,
         filename: str | None = None,
         revision: str | None = None,
+        quantize: str | None = None,
     ) -> MedITok:
         """Load published weights (`.pth` state dict or training checkpoint), a `.safetensors` file or a directory,
         from a local path or a Hugging Face Hub name (`"massaki75/meditok"`, `"org/name"`; `filename=` picks a file
@@ -62,6 +63,7 @@ class MedITok(MedITokModel):
 
         The architecture comes from the directory's config.json, else from `config`, else from the tensor shapes.
         The model is built on the meta device and takes the loaded tensors as they are, so loading holds one copy.
+        ``dtype=torch.bfloat16`` / ``quantize="int8"``: reduced precision, measured against fp32 in `to_inference`.
         """
         from .hub import resolve_weights
 
@@ -69,7 +71,7 @@ class MedITok(MedITokModel):
         state_dict, stored_config = read_checkpoint(path)
         model = cls.from_state_dict(state_dict, config if config is not None else stored_config, device, dtype, path)
         model.image_input = read_image_input(path)
-        return model
+        return model.quantize(quantize) if quantize is not None else model
 
     @classmethod
     def from_state_dict(
@@ -128,6 +130,31 @@ class MedITok(MedITokModel):
             part.to(dtype)
         return self.eval()
 
+    def quantize(self, scheme: str = "int8") -> MedITok:
+        """Dynamic int8 quantisation (``scheme="int8"``, CPU only) of the Linear layers of the encoder's and decoder's
+        transformer blocks (most of the FLOPs): weights int8 per tensor, activations quantised per batch on the fly
+        (torch.ao `quantize_dynamic`, fbgemm/x86 kernels). The conv stem and upsampler, the width-changing projections
+        around the quantizer and the quantizer itself stay fp32. In place; a quantized model cannot be saved. Speed
+        and agreement with fp32: `to_inference`'s docstring and BENCHMARKS.md ("meditok-tokenizer reduced precision").
+        """
+        if scheme != "int8":
+            raise ValueError(f"quantize must be 'int8', got {scheme!r}")
+        if self.device.type != "cpu" or self.trunk_dtype != torch.float32:
+            raise ValueError(
+                f"quantize='int8' runs on the CPU from fp32 weights (got device {self.device}, dtype {self.trunk_dtype})"
+            )
+        import warnings
+
+        with warnings.catch_warnings():
+            # torch.ao's eager quantisation is deprecated in favour of torchao but still shipped (torch 2.13) and tested
+            warnings.simplefilter("ignore")
+            for blocks in (self.encoder.blocks, self.decoder.blocks):
+                torch.ao.quantization.quantize_dynamic(blocks, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.quantized = scheme
+        return self
+
+    quantized: str | None = None
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` (fp32, atomically: a crash never leaves a torn file), and a
         model card `README.md` unless the folder already has one (a card the user edited is kept)."""
@@ -135,6 +162,8 @@ class MedITok(MedITokModel):
 
         from .hub import MODEL_CARD_NAME, model_card
 
+        if self.quantized:
+            raise ValueError("a quantized tokenizer cannot be saved; save the fp32 model and quantize after loading")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}

@@ -60,7 +60,8 @@ def _resolve_weights(args: argparse.Namespace, attribute: str = "weights") -> No
 def _load_tokenizer(args: argparse.Namespace):
     from .api import MedITok
 
-    return MedITok.from_pretrained(args.weights, device=args.device, dtype=DTYPES[args.dtype])
+    quantize = getattr(args, "quantize", None)
+    return MedITok.from_pretrained(args.weights, device=args.device, dtype=DTYPES[args.dtype], quantize=quantize)
 
 
 def _progress(items: Sequence, desc: str) -> Iterator:
@@ -502,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
             "org/name, org/name@revision/file.pth; needs the [hub] extra)",
         )
         p.add_argument("--device", default="cpu")
-        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="bfloat16: see BENCHMARKS.md")
+        p.add_argument("--quantize", choices=["int8"], help="dynamic int8 Linear layers on the CPU (see BENCHMARKS.md)")
 
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("images", nargs="+", type=Path, help="image files or directories (walked recursively)")
