@@ -76,7 +76,11 @@ def check(name: str, root: Path) -> str:
         llm = _llm(root / "merged")
         config = llm.llm_engine.vllm_config
         scheduler = llm.llm_engine.engine_core.engine_core.scheduler  # in-process engine (see main)
-        assert not config.use_v2_model_runner and os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "0"
+        from vllm.triton_utils import HAS_TRITON
+
+        assert not config.use_v2_model_runner, "a MedITok-AR folder was given Model Runner V2"
+        switched = os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "0"  # set by the plugin's hook when V2 was the default
+        assert switched or not HAS_TRITON, "V1 without the plugin's switch on a build with Triton"
         expected = "PairedAsyncScheduler" if config.scheduler_config.async_scheduling else "PairedScheduler"
         assert type(scheduler).__name__ == expected, (type(scheduler).__name__, expected)
         cond, _, n_codes = _prompts(root / "merged")
@@ -86,9 +90,8 @@ def check(name: str, root: Path) -> str:
 
         layout = TokenLayout.from_config(dict(config.model_config.hf_config.meditok_ar))
         token_ids_to_codes(cond[-3:] + ids[: n_codes + 1], layout)  # LayoutError if the layout broke
-        return (
-            f"MedITok-AR on the V1 runner, {expected} (async={config.scheduler_config.async_scheduling}), valid image"
-        )
+        asynchronous = config.scheduler_config.async_scheduling
+        return f"MedITok-AR on V1 (switched from V2 by the plugin: {switched}), {expected} (async={asynchronous})"
     if name == "cfg_sampled":
         llm = _llm(root / "merged")
         cond, uncond, n_codes = _prompts(root / "merged")
