@@ -1,6 +1,7 @@
 """``POST /v1/images/generations`` (OpenAI images shape) as a vLLM endpoint plugin (entry point
 ``vllm.endpoint_plugins``: opt-in, vLLM loads it only when ``VLLM_PLUGINS`` names ``meditok_images``;
-``meditok-ar serve`` does that unless ``VLLM_PLUGINS`` is set).
+``meditok-ar serve`` does that unless ``VLLM_PLUGINS`` is set; under plain ``vllm serve`` set
+``VLLM_PLUGINS=meditok_ar,meditok_images``).
 
 Body: ``{"prompt": str, "size": "HxW" | "S" (pixels, default 256x256), "n": 1..8, "temperature", "top_p", "top_k",
 "seed", "cfg_scale" (or "guidance_scale"), "response_format": "b64_json"}``. Each image is one engine request with the

@@ -1,5 +1,6 @@
 """Gang admission of classifier-free-guidance pairs: a vLLM scheduler that admits the two requests of a pair in the
-same step (``--scheduler-cls meditok.ar.vllm_plugin.scheduler.PairedScheduler``; ``meditok-ar serve`` sets it).
+same step. The plugin's config hook (:mod:`meditok.ar.vllm_plugin.config`) makes :class:`AutoPairedScheduler` the
+scheduler of every MedITok-AR server unless ``--scheduler-cls`` names another, so plain ``vllm serve`` gets it.
 
 Why: :class:`meditok.ar.vllm_plugin.logits.GuidancePairLogitsProcessor` can only guide a pair whose two requests
 advance in lockstep. vLLM admits a request as soon as it reaches the engine loop, so the two prompts of one HTTP call
@@ -7,8 +8,8 @@ routinely start one step apart on an idle server (measured: every time). Before 
 takes out of the waiting queue every guided request whose partner has not arrived yet (for at most ``HOLD_SECONDS``;
 then it goes alone and the logits processor ends it, so a lost partner never hangs a request), and a pair for which
 fewer than two request slots are left; a pair whose partners are both waiting is moved next to each other so the scan
-admits them together. Everything else is vLLM 0.32's own scheduler (internal API: pinned with the plugin). On GPU
-builds with async scheduling, use :class:`PairedAsyncScheduler`."""
+admits them together. Everything else is vLLM 0.32's own scheduler (internal API: pinned with the plugin). With async
+scheduling (GPU builds) :class:`AutoPairedScheduler` builds :class:`PairedAsyncScheduler`."""
 
 from __future__ import annotations
 
