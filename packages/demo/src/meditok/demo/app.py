@@ -169,7 +169,8 @@ def build(tok: Any, tokenizer_source: str, backend: Any | None, workdir: Path) -
                     top_k = gr.Number(label="Top-k (0: all)", value=0, precision=0, elem_id="gen-top-k")
                     seed = gr.Number(label="Seed", value=0, precision=0, elem_id="gen-seed")
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                generated = gr.Image(label="generated", format="png", elem_id="generated")
+                # a fixed height: a 32x32 result would otherwise show as a 32-pixel stamp
+                generated = gr.Image(label="generated", format="png", elem_id="generated", height=320)
                 gen_time = gr.Markdown(elem_id="gen-time")
         outputs = [status, original, reconstruction, error_map, metrics, code_grid, usage, downloads]
         for trigger in (upload.change, window.change, slice_box.submit):
