@@ -56,6 +56,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 
 def _install_package(session: nox.Session, package: str) -> None:
+    if package == "demo":
+        # The demo's venv holds every other package's dependencies plus Gradio and Selenium: one resolve, and no
+        # byte-compiling at install (most of an install's CPU time on 2 cores; Python compiles what the tests import).
+        packages = [str(ROOT / "packages" / dep) for dep in LOCAL_DEPS[package]]
+        session.install("--no-compile", TORCH)
+        session.install("--no-compile", *packages, f"{ROOT / 'packages' / 'demo'}[test]")
+        session.install("--no-compile", "--no-deps", "-r", str(ROOT / "packages" / "demo" / "test-nodeps.txt"))
+        return
     session.install(*(TIMM_TORCH if package == "tokenizer-timm" else [TORCH]))
     for dep in LOCAL_DEPS[package]:
         session.install(str(ROOT / "packages" / dep))
