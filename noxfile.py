@@ -3,6 +3,7 @@
     nox -s test          # every package's tests, each package in its own fresh venv
     nox -s "test(package='tokenizer')"   # one package
     nox -s lint
+    nox -s build install_wheels          # sdist + wheel per package, checked; the wheels installed in a fresh venv
 
 Each test session installs the CPU torch wheel first (so that nothing can pull a CUDA build), then only the package
 under test with its declared `[test]` extra, so an import the package forgot to declare fails here.
@@ -13,6 +14,10 @@ Optional per-package files:
 from __future__ import annotations
 
 import os
+import re
+import resource
+import shutil
+import zipfile
 from pathlib import Path
 
 import nox
@@ -100,6 +105,128 @@ def test(session: nox.Session, package: str) -> None:
     }.get(package, [str(ROOT / "packages" / package / "tests")])
     # meditok.data.testing as a plugin: prints the skipped tests (expected: none) and, in CI, fails on any skip.
     session.run("pytest", *targets, "-p", "no:cacheprovider", "-p", "meditok.data.testing", *session.posargs, env=env)
+
+
+# The distributions `build` makes and `install_wheels` installs, in dependency order: folder -> (name, import name).
+DISTRIBUTIONS = {
+    "tokenizer": ("meditok-tokenizer", "tokenizer"),
+    "data": ("meditok-data", "data"),
+    "ar_model": ("meditok-ar", "ar"),
+    "evals": ("meditok-evals", "evals"),
+}
+DIST = ROOT / "dist"
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist + wheel of each package into dist/, then checked: `twine check --strict` (metadata, README rendering)
+    and, read from the archives here, one `meditok/<name>/` tree per wheel with no `meditok/__init__.py` (the four
+    share the namespace, so such a file would clash), file versions equal to `__version__`, and every sibling
+    requirement with a version range."""
+    # hatchling directly, not `python -m build`: build's isolated environments download hatchling once per archive.
+    session.install("hatchling>=1.18", "twine>=5")
+    shutil.rmtree(DIST, ignore_errors=True)
+    for folder in DISTRIBUTIONS:
+        session.chdir(ROOT / "packages" / folder)
+        session.run("python", "-m", "hatchling", "build", "-d", str(DIST), silent=True)
+    session.chdir(ROOT)
+    archives = sorted(str(p) for p in DIST.iterdir())
+    session.run("twine", "check", "--strict", *archives)
+    for folder, (name, module) in DISTRIBUTIONS.items():
+        _check_wheel(session, folder, name, module)
+    session.log(f"built and checked {len(archives)} archives in {DIST}")
+    _log_cpu(session, "build")
+
+
+def _check_wheel(session: nox.Session, folder: str, name: str, module: str) -> None:
+    version_file = ROOT / "packages" / folder / "src" / "meditok" / module / "__init__.py"
+    version = re.search(r'^__version__ = "([^"]+)"', version_file.read_text(), re.M).group(1)
+    stem = f"{name.replace('-', '_')}-{version}"
+    wheel, sdist = DIST / f"{stem}-py3-none-any.whl", DIST / f"{stem}.tar.gz"
+    if not wheel.is_file() or not sdist.is_file():
+        session.error(f"{name}: expected {wheel.name} and {sdist.name} (version {version} from {version_file})")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"{stem}.dist-info/METADATA").decode()
+    stray = [n for n in names if not n.startswith((f"meditok/{module}/", f"{stem}.dist-info/"))]
+    if stray:
+        session.error(f"{wheel.name}: files outside meditok/{module}/: {stray[:5]}")
+    siblings = {n for n, _ in DISTRIBUTIONS.values()} - {name}
+    for line in metadata.splitlines():
+        if line.startswith("Requires-Dist: meditok-"):
+            requirement = line.split(": ", 1)[1].split(";")[0]
+            base = re.match(r"[a-z-]+", requirement).group(0)
+            if base in siblings and not ("<" in requirement and ">=" in requirement):
+                session.error(f"{wheel.name}: sibling requirement without a version range: {requirement}")
+
+
+@nox.session(reuse_venv=False)
+def install_wheels(session: nox.Session) -> None:
+    """A fresh venv: the CPU torch first (nothing may pull a CUDA build), then the four packages from dist/'s wheels
+    alone (pip records each as a .whl, never a folder), then every CLI's --help and one real command each, on a
+    PNG and a tiny tokenizer written in a temporary folder."""
+    wheels = [DIST / _wheel_name(folder, name, module) for folder, (name, module) in DISTRIBUTIONS.items()]
+    missing = [w.name for w in wheels if not w.is_file()]
+    if missing:
+        session.error(f"no {', '.join(missing)} in {DIST}: run `nox -s build` first")
+    # --no-compile: byte-compiling every installed module (transformers alone has thousands) is most of the install's
+    # CPU time on 2 cores; Python compiles what the commands import when they import it.
+    session.install("--no-compile", TORCH)
+    session.install("--no-compile", *map(str, wheels))
+    check = (
+        "import json, importlib.metadata as m\n"
+        "for name in %r:\n"
+        "    url = json.loads(m.distribution(name).read_text('direct_url.json'))['url']\n"
+        "    assert url.endswith('.whl'), (name, url)\n"
+        "    print(name, m.version(name), 'from', url.rsplit('/', 1)[-1])\n"
+    ) % [name for name, _ in DISTRIBUTIONS.values()]
+    session.run("python", "-c", check)
+    work = Path(session.create_tmp())
+    session.chdir(work)
+    shutil.rmtree(work / "smoke", ignore_errors=True)
+    session.run("python", "-c", SMOKE_INPUTS)
+    _log_cpu(session, "installs and inputs")
+    for cli in ("meditok", "meditok-data", "meditok-ar", "meditok-eval"):
+        session.run(cli, "--help", silent=True)
+    session.run("meditok-data", "-q", "index", "smoke/images", "-o", "smoke/manifest.jsonl")
+    session.run("meditok", "reconstruct", "smoke/images/a.png", "--weights", "smoke/tiny", "-o", "smoke/recon")
+    result = session.run("meditok-ar", "pretokenize", "smoke/manifest.jsonl", "-o", "smoke/codes", "--tokenizer",
+                         "smoke/tiny", silent=True)  # fmt: skip
+    if '"skipped_rows": 0' not in (result or ""):  # pretokenize skips unreadable rows and still exits 0
+        session.error(f"meditok-ar pretokenize skipped rows: {result}")
+    session.run("meditok-eval", "codebook", "--data", "smoke/manifest.jsonl", "--weights", "smoke/tiny", "--quiet",
+                "-o", "smoke/eval")  # fmt: skip
+    _log_cpu(session, "CLI smoke")
+
+
+def _log_cpu(session: nox.Session, what: str) -> None:
+    """CPU seconds the session's commands used so far: on a shared machine wall time says little about what the same
+    work costs on CI's two cores, CPU time does (the 4-minute budget of build + install_wheels is set in CPU-bound
+    work plus downloads)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    session.log(f"{what}: CPU so far {usage.ru_utime + usage.ru_stime:.0f} s (user + system, all commands)")
+
+
+def _wheel_name(folder: str, name: str, module: str) -> str:
+    version_file = ROOT / "packages" / folder / "src" / "meditok" / module / "__init__.py"
+    version = re.search(r'^__version__ = "([^"]+)"', version_file.read_text(), re.M).group(1)
+    return f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+# Two 64x64 PNGs (a gradient and a disc) and a randomly initialised tiny tokenizer with a 64-pixel image input.
+SMOKE_INPUTS = """
+import numpy as np
+from PIL import Image
+from pathlib import Path
+from meditok.tokenizer import ImageInput, MedITok
+images = Path("smoke/images"); images.mkdir(parents=True)
+y, x = np.mgrid[:64, :64]
+Image.fromarray((x * 4).astype(np.uint8)).save(images / "a.png")
+Image.fromarray((((x - 32) ** 2 + (y - 32) ** 2 < 400) * 200).astype(np.uint8)).save(images / "b.png")
+tok = MedITok.from_config("tiny", seed=0)
+tok.image_input = ImageInput(size=64)
+tok.save_pretrained("smoke/tiny")
+"""
 
 
 @nox.session

@@ -10,8 +10,19 @@ README = Path(__file__).parents[1] / "README.md"
 
 
 def test_readme_python_example_runs(tmp_path, tiny_weights, monkeypatch):
+    """As written, Hub name included: `massaki75/meditok` resolves offline from a Hub cache built on disk that holds
+    the tiny model as its meditok_simple_v1.pth (and, as the real repository, no config.json)."""
+    import huggingface_hub.constants as hub_constants
+
+    from meditok.tokenizer.testing import write_hub_cache
+
+    cache = tmp_path / "hub-cache"
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(hub_constants, name, value)  # read by huggingface_hub at import time
+    write_hub_cache(cache, "massaki75/meditok", {"meditok_simple_v1.pth": tiny_weights["bare"]}, absent=["config.json"])
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    block = block.replace('"meditok_simple_v1.pth"', repr(str(tiny_weights["directory"])))
+    assert 'MedITok.from_pretrained("massaki75/meditok")' in block
     monkeypatch.chdir(tmp_path)
     namespace = {"pil_image_or_array": np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)}
     exec(compile(block, str(README), "exec"), namespace)
