@@ -151,3 +151,27 @@ def test_hub_names_load_the_same_model(assets, extended_dir, tmp_path, monkeypat
     assert main(["info", "someone/absent"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "someone/absent: config.json is not in the Hugging Face cache" in err
+
+
+def test_saved_folder_carries_the_legacy_chat_template(assets, extended_dir):
+    """A base without a chat template: the saved folder gets the legacy one (what plain `vllm serve` renders chat
+    with), and the reloaded model still builds exactly the base tokenizer's legacy sequences."""
+    from transformers import AutoTokenizer
+
+    from meditok.ar.chat_format import LEGACY_TEMPLATE_FILE
+
+    base_tok = AutoTokenizer.from_pretrained(assets["llm_dir"])
+    assert not base_tok.chat_template
+    config = json.loads((extended_dir / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == LEGACY_TEMPLATE_FILE.read_text()
+    model = MedITokAR.from_pretrained(extended_dir)
+    assert model.text_tokenizer.chat_template == LEGACY_TEMPLATE_FILE.read_text() and not model.builder.templated
+    legacy = SequenceBuilder(model.layout, base_tok)  # the path every model trained before templates saw
+    codes, grid = assets["codes"], assets["grid"]
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A chest."}]
+    assert model.builder.conversation(turns, [(codes, grid)]) == legacy.conversation(turns, [(codes, grid)])
+    assert model.builder.generation_prompt("Chest X-ray", grid) == legacy.generation_prompt("Chest X-ray", grid)
+    rendered = model.text_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Chest X-ray"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == "<s>USER: Chest X-ray ASSISTANT:"  # the legacy prompt, as vLLM's chat route renders it
