@@ -371,11 +371,11 @@ def test_paired_scheduler_admits_pairs_together(monkeypatch):
     assert admitted(lone) == ["alone"]  # a partner that never comes does not hang the request
 
 
-def _engine_config(model_dir):
+def _engine_config(model_dir, **args):
     from vllm.engine.arg_utils import EngineArgs
 
     return EngineArgs(model=str(model_dir), dtype="float32", max_model_len=1024, enforce_eager=True,
-                      kv_cache_memory_bytes=256 << 20).create_engine_config()  # fmt: skip
+                      kv_cache_memory_bytes=256 << 20, **args).create_engine_config()  # fmt: skip
 
 
 def test_plain_vllm_config_gets_the_paired_scheduler_and_the_v1_runner(model_dir, monkeypatch):
@@ -390,7 +390,8 @@ def test_plain_vllm_config_gets_the_paired_scheduler_and_the_v1_runner(model_dir
     assert config.scheduler_config.scheduler_cls == SCHEDULER and not config.use_v2_model_runner
     assert config.scheduler_config.get_scheduler_cls() is AutoPairedScheduler
     assert not config.scheduler_config.async_scheduling  # the CPU build: AutoPairedScheduler builds PairedScheduler
-    assert issubclass(PairedScheduler, __import__("vllm.v1.core.sched.scheduler").v1.core.sched.scheduler.Scheduler)
+    explicit = "meditok.ar.vllm_plugin.scheduler.PairedScheduler"  # a --scheduler-cls the user gave is kept
+    assert _engine_config(model_dir, scheduler_cls=explicit).scheduler_config.get_scheduler_cls() is PairedScheduler
     # An explicit request for Model Runner V2 is refused at start-up, naming the variable.
     monkeypatch.setenv(RUNNER_ENV, "1")
     with pytest.raises(ValueError, match=f"needs vLLM's V1 model runner.*unset {RUNNER_ENV}"):

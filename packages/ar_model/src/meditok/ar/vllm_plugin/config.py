@@ -40,6 +40,12 @@ def install() -> None:
     MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, MedITokARConfig)
 
 
+def _qualname(scheduler_cls: Any) -> str:
+    if isinstance(scheduler_cls, str):
+        return scheduler_cls
+    return f"{scheduler_cls.__module__}.{scheduler_cls.__qualname__}"
+
+
 class MedITokARConfig(VerifyAndUpdateConfig):
     @staticmethod
     def verify_and_update_config(vllm_config: Any) -> None:
@@ -49,7 +55,7 @@ class MedITokARConfig(VerifyAndUpdateConfig):
         if scheduler.scheduler_cls is None:
             scheduler.scheduler_cls = SCHEDULER
             logger.info("MedITok-AR: scheduler %s (admits CFG pairs together)", SCHEDULER)
-        elif scheduler.scheduler_cls != SCHEDULER:
+        elif not _qualname(scheduler.scheduler_cls).startswith(SCHEDULER.rsplit(".", 1)[0] + "."):  # not one of ours
             logger.warning(
                 "MedITok-AR: --scheduler-cls %s replaces the plugin's paired scheduler; guided (CFG) pairs may start "
                 "one step apart and come back short",
