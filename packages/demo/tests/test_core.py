@@ -102,6 +102,23 @@ def test_a_4d_nifti_reads_as_the_cli_reads_it_and_says_which_slice(tok, models, 
     assert "first time point of 3" in result.notes[1]
 
 
+def test_a_chosen_slice_of_a_nifti_is_meditok_data_s_slice(tok, tmp_path):
+    import torch
+
+    from meditok.data import load_unit_image
+    from meditok.tokenizer.preprocessing import preprocess
+
+    nifti = [p for p in _samples() if str(p).endswith(".nii.gz")][0]
+    result = core.tokenize_upload(tok, nifti, nifti.name, tmp_path, slice_index=40)
+    pixels, _ = load_unit_image(nifti, tok.image_input, slice_index=40)
+    with torch.no_grad():
+        expected = tok.encode(preprocess(pixels, tok.image_input))[0].reshape(result.codes.shape).numpy()
+    np.testing.assert_array_equal(result.codes, expected)
+    assert "using its axial slice (index 40)" in result.notes[0]
+    with pytest.raises(ImageFileError, match=rf"^{re.escape(nifti.name)}: "):
+        core.tokenize_upload(tok, nifti, nifti.name, tmp_path, slice_index=100000)  # out of range: one line
+
+
 def _series(source: Path, folder: Path, count: int = 3) -> list[Path]:
     """A CT series of ``count`` slices along z from one real CT slice (pixel values shifted per slice)."""
     import pydicom

@@ -173,7 +173,8 @@ def build(tok: Any, tokenizer_source: str, backend: Any | None, workdir: Path) -
                 generated = gr.Image(label="generated", format="png", elem_id="generated", height=320)
                 gen_time = gr.Markdown(elem_id="gen-time")
         outputs = [status, original, reconstruction, error_map, metrics, code_grid, usage, downloads]
-        for trigger in (upload.change, window.change, slice_box.submit):
+        # a slice is taken on Enter or when the box loses focus, not on each keystroke (each would re-encode)
+        for trigger in (upload.change, window.change, slice_box.submit, slice_box.blur):
             trigger(tokenize, [upload, window, slice_box], outputs)
         ask_button.click(ask, [upload, window, slice_box, question, max_tokens], answer)
         generate_button.click(generate, [prompt, size, cfg, temperature, top_k, seed], [generated, gen_time])

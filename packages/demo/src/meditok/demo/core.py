@@ -325,6 +325,20 @@ class ServerModel:
             self.model_id = reply.json()["data"][0]["id"]
         except (requests.RequestException, ValueError, KeyError, IndexError) as exc:
             raise DemoError(f"{self.url}: not a reachable MedITok-AR server ({exc})") from None
+        self.text_vocab_size = self._text_vocab_size()
+
+    def _text_vocab_size(self) -> int | None:
+        """The layout's T, the id of `<image>` (the first id after the text vocabulary), from vLLM's /tokenize: answers
+        are then restricted to text ids as `MedITokAR.answer` restricts them (else a model may write image codes)."""
+        import requests
+
+        try:
+            reply = requests.post(f"{self.url}/tokenize", json={"model": self.model_id, "prompt": "<image>",
+                                                                 "add_special_tokens": False}, timeout=30)  # fmt: skip
+            tokens = reply.json()["tokens"] if reply.status_code == 200 else []
+        except (requests.RequestException, ValueError, KeyError):
+            tokens = []
+        return tokens[0] if len(tokens) == 1 else None
 
     def describe(self) -> str:
         return f"unified model `{self.model_id}` on the vLLM server {self.url}"
@@ -361,6 +375,8 @@ class ServerModel:
             "temperature": 0.0,
             "stream": True,
         }
+        if self.text_vocab_size:
+            body["allowed_token_ids"] = list(range(self.text_vocab_size))
         with requests.post(f"{self.url}/v1/chat/completions", json=body, stream=True, timeout=self.timeout) as reply:
             if reply.status_code != 200:
                 raise DemoError(f"the server refused the question: {_server_error(reply)}")
