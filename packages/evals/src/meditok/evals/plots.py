@@ -90,7 +90,9 @@ def codebook_histograms(counts: torch.Tensor, path: Path, title: str = "") -> Pa
         ax = axes[i // cols][i % cols]
         c = counts[i].double().sort(descending=True).values.numpy()
         used = int((c > 0).sum())
-        ax.bar(np.arange(len(c)), np.maximum(c, 0), width=1.0)
+        # One filled step outline instead of 4096 bar patches (the same picture: unit-wide bars centred on each rank);
+        # bar() made this figure ~35 s of CPU for 8 codebooks, whatever the number of images.
+        ax.stairs(np.maximum(c, 0), np.arange(len(c) + 1) - 0.5, fill=True, baseline=0)
         ax.set_yscale("symlog")
         ax.set_title(f"codebook {i}: {used}/{len(c)} used", fontsize=8)
         ax.tick_params(labelsize=6)
