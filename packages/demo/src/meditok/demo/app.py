@@ -130,7 +130,8 @@ def build(tok: Any, tokenizer_source: str, backend: Any | None, workdir: Path) -
             return None, _error(str(exc))
         return image, f"{side}x{side} pixels in {seconds:.1f} s"
 
-    with gr.Blocks(title="MedITok Studio", analytics_enabled=False) as page:
+    cache = (core.KEEP_SECONDS, core.KEEP_SECONDS)  # Gradio's copies of uploads and downloads: hourly, older than 1 h
+    with gr.Blocks(title="MedITok Studio", analytics_enabled=False, delete_cache=cache) as page:
         gr.Markdown("# MedITok Studio\nA medical image becomes a grid of discrete codes and back; an LLM reads and "
                     "writes those codes.")  # fmt: skip
         gr.Markdown(loaded, elem_id="loaded")

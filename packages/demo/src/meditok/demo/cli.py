@@ -20,6 +20,9 @@ from pathlib import Path
 
 from . import core
 
+# Gradio refuses larger uploads before they reach the disk (a zipped CT series is typically tens to hundreds of MB).
+MAX_UPLOAD = "1gb"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meditok-demo", description="MedITok Studio: a local web demo")
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"MedITok Studio: http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     page.queue(default_concurrency_limit=1)  # one model, one computation at a time; visitors wait in a queue
     page.launch(server_name=args.host, server_port=args.port, show_error=True, allowed_paths=[str(workdir)],
-                quiet=True, footer_links=[])  # fmt: skip
+                quiet=True, footer_links=[], max_file_size=MAX_UPLOAD)  # fmt: skip
     return 0
 
 

@@ -417,11 +417,23 @@ def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return function(*args, **kwargs), time.perf_counter() - start
 
 
+# Request folders older than this are removed when a new one is made: a long-running demo does not fill the disk
+# (Gradio copies each download into its own cache, which `delete_cache` in app.py clears on the same schedule).
+KEEP_SECONDS = 3600
+
+
 def fresh_dir(root: Path) -> Path:
     """A new folder per request under ``root`` (downloads must not overwrite another visitor's)."""
     import tempfile
 
     root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - KEEP_SECONDS
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # removed by a concurrent request meanwhile
+            pass
     return Path(tempfile.mkdtemp(dir=root))
 
 
