@@ -479,7 +479,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.checkpoint}: cannot read the training checkpoint ({exc})") from None
     low = sorted({str(v.dtype) for v in core.values() if v.is_floating_point() and v.dtype != torch.float32})
     try:
-        out = export_checkpoint(checkpoint, args.output)
+        out = export_checkpoint(checkpoint, args.output, image_size=args.image_size)
     except KeyError as exc:  # e.g. a text-teacher checkpoint without its adapters
         raise CLIError(f"{args.checkpoint}: cannot export ({exc.args[0] if exc.args else exc})") from None
     print(f"exported {checkpoint} (stage {state.get('stage')}, step {state.get('step')}) to {out}")
@@ -568,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="training checkpoint -> save_pretrained directory (no DeepSpeed needed)")
     p.add_argument("checkpoint", type=Path, help="OUT/checkpoints/step-N, or OUT/checkpoints (its 'latest')")
     p.add_argument("output", type=Path)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="record this side (multiple of 16) as the release's image_input size (default 256)",
+    )
     p.set_defaults(func=cmd_export)
     return parser
 
