@@ -152,9 +152,12 @@ def text_alignment_from_checkpoint(
     return tensors, description
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, image_size: int | None = None
+) -> Path:
     """Training checkpoint -> a `save_pretrained` directory (config.json + fp32 model.safetensors) that
-    `MedITok.from_pretrained` loads, plus, for a text-teacher (stage-2) run, `text_alignment.safetensors` +
+    `MedITok.from_pretrained` loads; ``image_size`` is the side recorded in its image-input contract (the size its
+    users, and a meditok-ar model built on it, encode at; default the reference's 256), plus, for a text-teacher (stage-2) run, `text_alignment.safetensors` +
     `text_alignment.json` (see the module docstring). Alignment files left by an earlier export into the same
     directory are removed when this checkpoint has none."""
     from safetensors.torch import save_file
@@ -168,6 +171,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint"
         )
     model = MedITok.from_state_dict(core, checkpoint_model_config(ckpt, state), source=str(checkpoint))
+    model.image_input = model.image_input.with_overrides(size=image_size)
     alignment = text_alignment_from_checkpoint(module, state, str(ckpt))  # checked before anything is written
     out = model.save_pretrained(out_dir)
     if alignment is None:
