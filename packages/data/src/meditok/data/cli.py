@@ -70,7 +70,12 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     from meditok.data.samples import assemble_samples, missing_modalities, missing_sources
 
     manifest = assemble_samples(
-        args.output, dermoscopy_limit=args.dermoscopy_limit, require_all=args.strict, progress=not args.quiet
+        args.output,
+        dermoscopy_limit=args.dermoscopy_limit,
+        slices_per_volume=args.slices_per_volume,
+        frames_per_clip=args.frames_per_clip,
+        require_all=args.strict,
+        progress=not args.quiet,
     )
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     counts: dict[str, int] = {}
@@ -133,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     samples = sub.add_parser("samples", help="assemble the offline real sample images with a manifest")
     samples.add_argument("-o", "--output", type=Path, required=True)
     samples.add_argument("--dermoscopy-limit", type=int, default=32)
+    samples.add_argument("--slices-per-volume", type=int, default=8, help="evenly spaced slices kept per volume")
+    samples.add_argument("--frames-per-clip", type=int, default=4, help="evenly spaced frames kept per clip")
     samples.add_argument("--strict", action="store_true", help="fail if a modality has no source installed")
     samples.set_defaults(func=_cmd_samples)
 
