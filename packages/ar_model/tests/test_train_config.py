@@ -38,3 +38,28 @@ def test_overrides_do_not_change_the_callers_dict():
 def test_mistakes_name_the_key(config, message):
     with pytest.raises(ValueError, match=message):
         load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({**BASE, "train": {"warmup": 1.0}}, "train.warmup must be a share"),
+        ({**BASE, "train": {"lr_end_ratio": 1.5}}, r"train.lr_end_ratio must be in \[0, 1\]"),
+        ({**BASE, "train": {"token_lr": float("nan")}}, "train.token_lr must be a finite rate"),
+    ],
+)
+def test_schedule_settings_are_checked(config, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(config)
+
+
+def test_the_rate_schedule_warms_up_linearly_then_follows_a_cosine_to_its_end_ratio():
+    from meditok.ar.train import lr_factor
+
+    # 10 steps, warmup 0.2 (2 steps): 1/2, 2/2, then cosine over the 8 remaining steps from 1 to 0.1.
+    factors = [lr_factor(step, 10, 0.2, 0.1) for step in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    assert factors[2] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+    # halfway through the decay (step 2 + 3.5): cos(pi/2) = 0, so the factor is the mean of 1 and 0.1
+    assert lr_factor(2, 10, 0.2, 0.1) > lr_factor(5, 10, 0.2, 0.1) > 0.55 > lr_factor(6, 10, 0.2, 0.1)
+    assert [lr_factor(s, 10, 0.0, 1.0) for s in range(10)] == [1.0] * 10  # the default: constant

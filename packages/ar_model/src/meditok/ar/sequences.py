@@ -207,6 +207,9 @@ class RecordSampler:
         self.records = records[rank::world_size] or records
         self.rng = random.Random(seed + 1000 * rank)
         self.position = 0
+        # Each pass visits every record once in a fresh seeded order: records files are often grouped (by task,
+        # by modality), and a fixed order would train on one group at a time.
+        self.order: list[int] = []
 
     def build(self, record: dict[str, Any]) -> Sequence:
         kind = record["type"]
@@ -222,6 +225,9 @@ class RecordSampler:
     def next_batch(self, batch_size: int) -> list[Sequence]:
         out = []
         for _ in range(batch_size):
-            out.append(self.build(self.records[self.position % len(self.records)]))
+            if self.position % len(self.records) == 0:
+                self.order = list(range(len(self.records)))
+                self.rng.shuffle(self.order)
+            out.append(self.build(self.records[self.order[self.position % len(self.records)]]))
             self.position += 1
         return out

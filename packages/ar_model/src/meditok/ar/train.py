@@ -5,7 +5,8 @@ Config (YAML or dict)::
     model: {base: LLM_OR_MEDITOKAR_DIR, image_tokenizer: MEDITOK_DIR, out: OUT_DIR}
     lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear, token_training: trainable_tokens}
     data: {codes: CODES_DIR, records: RECORDS.jsonl, cond_dropout: 0.1, max_length: 4096}
-    train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2}
+    train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2,
+            token_lr: null, warmup: 0.0, lr_end_ratio: 1.0}   # token_lr: the new rows' rate; warmup share; cosine end
 
 Loaded as typed dataclasses (`ARTrainConfig`) by the tokenizer trainer's mechanism (`meditok.tokenizer.typed_config`):
 unknown keys and wrong types are errors naming the key; ``section.key=value`` overrides (``meditok-ar train --config
@@ -21,6 +22,7 @@ plain LLM), ``OUT/adapter`` (PEFT adapter; ``MedITokAR.from_pretrained(OUT/adapt
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -72,6 +74,23 @@ class TrainSection:
     zero_stage: int = 2
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # The new image-token rows start far from anything the base predicts (a first code loss of ~20 nats), so their
+    # gradients are large; a lower LoRA rate with its own token rate, a warmup and a decay keep the backbone's language
+    # (measured on SmolLM2: BENCHMARKS.md, "SmolLM2 recipe").
+    token_lr: float | None = None  # rate of the new token rows (trainable tokens / modules_to_save); None = lr
+    warmup: float = 0.0  # share of the steps with a linear warmup from 0
+    lr_end_ratio: float = 1.0  # cosine decay to lr * lr_end_ratio over the steps after warmup; 1.0 = constant
+
+
+def lr_factor(step: int, steps: int, warmup: float, end_ratio: float) -> float:
+    """Multiplier of the base rates at ``step`` (0-based): linear warmup, then cosine to ``end_ratio``."""
+    warm = int(round(warmup * steps))
+    if step < warm:
+        return (step + 1) / warm
+    if end_ratio == 1.0:
+        return 1.0
+    progress = (step - warm) / max(1, steps - warm - 1)
+    return end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @dataclass
@@ -87,6 +106,15 @@ class ARTrainConfig:
                 raise ValueError(f"model.{key} is required")
         if not self.data.codes and not self.data.records:
             raise ValueError("data.codes or data.records is required")
+        tr = self.train
+        if not 0 <= tr.warmup < 1:
+            raise ValueError(f"train.warmup must be a share of the steps in [0, 1), got {tr.warmup}")
+        if not 0 <= tr.lr_end_ratio <= 1:
+            raise ValueError(f"train.lr_end_ratio must be in [0, 1], got {tr.lr_end_ratio}")
+        for key in ("lr", "token_lr"):
+            value = getattr(tr, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.{key} must be a finite rate >= 0, got {value}")
         return self
 
 
@@ -177,6 +205,21 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
     llm.train()
     sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)
     params = [p for p in llm.parameters() if p.requires_grad]
+    # PEFT names the new rows' parameters trainable_tokens_delta (trainable tokens) or modules_to_save (full copies).
+    is_token = [
+        ("trainable_tokens" in n or "modules_to_save" in n) for n, p in llm.named_parameters() if p.requires_grad
+    ]
+    groups = [
+        {"params": [p for p, t in zip(params, is_token) if not t], "lr": tr.lr},
+        {"params": [p for p, t in zip(params, is_token) if t], "lr": tr.lr if tr.token_lr is None else tr.token_lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+
+    def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, tr.steps, tr.warmup, tr.lr_end_ratio)
+        )
+
     if use_ds:
         ds_config = {
             "train_micro_batch_size_per_gpu": tr.batch_size,
@@ -189,10 +232,16 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
                 "params": {"lr": tr.lr, "weight_decay": tr.weight_decay, "torch_adam": True},
             },
         }
-        engine, *_ = deepspeed.initialize(model=llm, model_parameters=params, config=ds_config)
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=llm, model_parameters=groups, config=ds_config, lr_scheduler=schedule
+        )
     else:
-        optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=tr.lr, weight_decay=tr.weight_decay)
+        scheduler = schedule(optimizer)
+    from tqdm.auto import tqdm
+
     losses, tokens, start = [], 0, time.perf_counter()
+    progress = tqdm(total=tr.steps, desc="fine-tune", unit="step", disable=rank != 0)  # rate and ETA
     for step in range(tr.steps):
         batch = collate(sampler.next_batch(tr.batch_size), model.builder.pad, data.max_length)
         tokens += int(batch["attention_mask"].sum())
@@ -207,16 +256,21 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
             if tr.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
             optimizer.step()
+            scheduler.step()
         losses.append(float(loss.detach()))
+        progress.update(1)
+        progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         if rank == 0 and tr.log_every and (step % tr.log_every == 0 or step == tr.steps - 1):
-            print(f"step {step} loss {losses[-1]:.4f}", flush=True)
+            progress.write(f"step {step} loss {losses[-1]:.4f}")
+    progress.close()
     seconds = time.perf_counter() - start
     out = Path(cfg.model.out)
     adapter = out / "adapter"
     llm.eval()
     if rank == 0:
         (engine.module if engine is not None else llm).save_pretrained(str(adapter))
-        log = {"losses": losses, "seconds": seconds, "tokens": tokens, "world_size": world, "deepspeed": use_ds}
+        log = {"losses": losses, "seconds": seconds, "tokens": tokens, "world_size": world, "deepspeed": use_ds,
+               "trainable_parameters": sum(p.numel() for p in params)}  # fmt: skip
         (out / "train_log.json").write_text(json.dumps(log))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
