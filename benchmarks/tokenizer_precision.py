@@ -2,6 +2,7 @@
 
     python benchmarks/tokenizer_precision.py --work /tmp/precision          # meditok-l, 256x256, ~15-25 min on 2 cores
     python benchmarks/tokenizer_precision.py --work /tmp/p --config small --samples 4 --repeats 1   # a quick look
+    python benchmarks/tokenizer_precision.py --work /tmp/p --model meditok_simple_v1.pth   # the published weights
 
 Variants: fp32 (the baseline), bf16 (`dtype=torch.bfloat16`), int8 (`quantize="int8"`: dynamic int8 Linear in the
 transformer blocks), channels-last convolutions, SDPA with the math kernel instead of the fused one (what the fused
@@ -36,6 +37,7 @@ VARIANTS = {
     # name: (batch sizes timed, description)
     "fp32": ([1, 2, 4], "fp32, fused SDPA (the default)"),
     "bf16": ([1, 2, 4], "bf16 encoder/decoder (dtype=torch.bfloat16); projections + quantizer fp32"),
+    "bf16_decoder": ([1, 2, 4], "fp32 encoder, bf16 decoder (decoder_dtype=torch.bfloat16): codes as fp32"),
     "int8": ([1, 2, 4], 'dynamic int8 Linear in the transformer blocks (quantize="int8")'),
     "channels_last": ([1], "fp32, model and input in channels-last memory format"),
     "sdpa_math": ([1], "fp32, SDPA restricted to the math kernel (no fused attention)"),
@@ -106,16 +108,21 @@ def prepare_samples(work: Path, count: int, size: int) -> Path:
     from meditok.tokenizer.preprocessing import ImageInput, preprocess
 
     spec = ImageInput(size=size)
-    chosen, seen = [], set()
-    samples = [s for s in find_samples() if s.kind == "image"]
-    for sample in sorted(samples, key=lambda s: (s.modality in seen, s.name)):
+    by_modality: dict[str, list] = {}
+    for sample in sorted((s for s in find_samples() if s.kind == "image"), key=lambda s: s.name):
+        by_modality.setdefault(sample.modality, []).append(sample)
+    # round robin over the modalities (CT, MR, X-ray, ultrasound, pathology, fundus, dermoscopy), first files first
+    order = [
+        group[i] for i in range(max(map(len, by_modality.values()))) for group in by_modality.values() if i < len(group)
+    ]
+    chosen = []
+    for sample in order:
         if len(chosen) == count:
             break
         try:
             chosen.append((sample.name, preprocess(load_image(sample.path, spec), spec)))
         except ValueError:
             continue
-        seen.add(sample.modality)
     path = work / "samples.pt"
     torch.save({"names": [n for n, _ in chosen], "images": torch.cat([t for _, t in chosen])}, path)
     return path
@@ -143,7 +150,9 @@ def load_variant(weights: Path, variant: str):
     from meditok.tokenizer import MedITok
 
     dtype = torch.bfloat16 if variant == "bf16" else torch.float32
-    tok = MedITok.from_pretrained(weights, dtype=dtype, quantize="int8" if variant == "int8" else None)
+    decoder_dtype = torch.bfloat16 if variant == "bf16_decoder" else None
+    quantize = "int8" if variant == "int8" else None
+    tok = MedITok.from_pretrained(weights, dtype=dtype, quantize=quantize, decoder_dtype=decoder_dtype)
     if variant == "channels_last":
         tok.to(memory_format=torch.channels_last)
     if variant == "compile":
@@ -177,16 +186,20 @@ def run_variant(args: argparse.Namespace) -> dict:
         rows = []
         for batch in VARIANTS[variant][0]:
             x = images[:batch] if batch <= len(images) else images[:1].repeat(batch, 1, 1, 1)
-            tok.decode(tok.encode(x))
-            enc, dec = [], []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
+            enc, dec, enc_cpu, dec_cpu = [], [], [], []
+            # batch 1 follows the warm-up and is timed --repeats times; larger batches once (a slow shared CPU)
+            for _ in range(args.repeats if batch == 1 else 1):
+                # process CPU time too: on a shared machine it moves far less with the load than the wall time
+                c0, t0 = time.process_time(), time.perf_counter()
                 codes = tok.encode(x)
-                t1 = time.perf_counter()
+                c1, t1 = time.process_time(), time.perf_counter()
                 tok.decode(codes)
                 enc.append(t1 - t0)
                 dec.append(time.perf_counter() - t1)
-            rows.append({"batch": batch, "encode_s": statistics.median(enc), "decode_s": statistics.median(dec)})
+                enc_cpu.append(c1 - c0)
+                dec_cpu.append(time.process_time() - c1)
+            rows.append({"batch": batch, "encode_s": statistics.median(enc), "decode_s": statistics.median(dec),
+                         "encode_cpu_s": statistics.median(enc_cpu), "decode_cpu_s": statistics.median(dec_cpu)})  # fmt: skip
             log(f"{variant} B={batch}: encode {rows[-1]['encode_s']:.2f} s, decode {rows[-1]['decode_s']:.2f} s")
         out["timings"] = rows
         # agreement on the real samples, one image at a time (no recompiles, no batch effects)
@@ -218,7 +231,8 @@ def report(results: dict) -> str:
     flops = results["variants"]["fp32"]["flops"]
     enc_flops, dec_flops = flops["encode"]["flops"], flops["decode"]["flops"]
     lines = [
-        "| variant | batch | encode s | decode s | encode img/s | decode img/s | encode speed-up | decode speed-up | "
+        "| variant | batch | encode s (CPU s) | decode s (CPU s) | encode img/s | decode img/s | encode speed-up | "
+        "decode speed-up | "
         "encode GFLOP/s | decode GFLOP/s | identical codes | decode PSNR vs fp32 (same codes) | round trip PSNR vs fp32 "
         "| peak RSS GiB |",
         "|---" * 14 + "|",
@@ -232,8 +246,9 @@ def report(results: dict) -> str:
             ref = base.get(b)
             up_e = f"{ref['encode_s'] / e:.2f}x" if ref else "–"
             up_d = f"{ref['decode_s'] / d:.2f}x" if ref else "–"
+            ec, dc = row.get("encode_cpu_s", float("nan")), row.get("decode_cpu_s", float("nan"))
             lines.append(
-                f"| {name} | {b} | {e:.2f} | {d:.2f} | {b / e:.2f} | {b / d:.2f} | {up_e} | {up_d} | "
+                f"| {name} | {b} | {e:.2f} ({ec:.2f}) | {d:.2f} ({dc:.2f}) | {b / e:.2f} | {b / d:.2f} | {up_e} | {up_d} | "
                 f"{enc_flops * b / e / 1e9:.0f} | {dec_flops * b / d / 1e9:.0f} | {100 * item['identical_codes']:.2f} % | "
                 f"{item['decode_psnr_vs_fp32']:.1f} dB | {item['roundtrip_psnr_vs_fp32']:.1f} dB | "
                 f"{item['peak_rss_gib']:.2f} |"
@@ -274,9 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=6, help="real images for the agreement")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--model", type=Path, help="a release folder / .pth to measure instead of seeded weights")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes for fp32/bf16/int8 (default 1 2 4)")
+    parser.add_argument(
+        "--timeout", type=int, default=1800, help="seconds per variant before it is reported unfinished"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.batches:
+        for name in ("fp32", "bf16", "bf16_decoder", "int8"):
+            VARIANTS[name] = (args.batches, VARIANTS[name][1])
     if args.worker:
         print(json.dumps(run_variant(args)))
         return 0
@@ -289,15 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     log("GEMM peak")
     results["gemm_peak_gflops"] = gemm_peak()
     log(f"GEMM peak: {json.dumps({k: round(v) for k, v in results['gemm_peak_gflops'].items()})}")
-    weights = build_weights(args.work, args.config)
+    weights = args.model or build_weights(args.work, args.config)
     prepare_samples(args.work, args.samples, args.size)
     order = ["fp32"] + [v for v in args.variants if v != "fp32"]
     results["variants"] = {}
     for variant in order:
         log(f"variant {variant} ({VARIANTS[variant][1]})")
         cmd = [sys.executable, __file__, "--work", str(args.work), "--worker", variant, "--weights", str(weights),
-               "--repeats", str(args.repeats)]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True)
+               "--repeats", str(args.repeats)] + (["--batches", *map(str, args.batches)] if args.batches else [])  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            results["variants"][variant] = {"error": f"not finished within --timeout {args.timeout} s"}
+            continue
         sys.stderr.write(done.stderr[-3000:] if done.returncode else "")
         if done.returncode != 0:
             results["variants"][variant] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}

@@ -37,3 +37,17 @@ def test_int8_quantizes_the_block_linears_and_keeps_most_codes(tiny_weights, ima
                  "-o", str(out)]) == 0  # fmt: skip
     expected = int8.encode(int8.prepare(str(png), size=64)).reshape(8, 4, 4).numpy()
     assert np.array_equal(np.load(out)["codes_0"], expected)
+
+
+def test_a_bf16_decoder_keeps_the_codes_and_decodes_close_to_fp32(tiny_weights, images):
+    from meditok.tokenizer.preprocessing import psnr
+
+    fp32 = MedITok.from_pretrained(tiny_weights["directory"])
+    mixed = MedITok.from_pretrained(tiny_weights["directory"], decoder_dtype=torch.bfloat16)
+    assert mixed.encoder.norm.weight.dtype == torch.float32 and mixed.decoder.norm.weight.dtype == torch.bfloat16
+    codes = fp32.encode(images)
+    assert torch.equal(mixed.encode(images), codes)  # the encoder is untouched: codes are fp32's, bit for bit
+    decoded = mixed.decode(codes)
+    assert decoded.dtype == torch.float32 and psnr(decoded, fp32.decode(codes)) > 30
+    with pytest.raises(ValueError, match="decoder_dtype must be"):
+        MedITok.from_pretrained(tiny_weights["directory"], decoder_dtype=torch.int8)

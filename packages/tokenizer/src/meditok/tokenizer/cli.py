@@ -60,8 +60,11 @@ def _resolve_weights(args: argparse.Namespace, attribute: str = "weights") -> No
 def _load_tokenizer(args: argparse.Namespace):
     from .api import MedITok
 
-    quantize = getattr(args, "quantize", None)
-    return MedITok.from_pretrained(args.weights, device=args.device, dtype=DTYPES[args.dtype], quantize=quantize)
+    quantize, decoder = getattr(args, "quantize", None), getattr(args, "decoder_dtype", None)
+    return MedITok.from_pretrained(
+        args.weights, device=args.device, dtype=DTYPES[args.dtype], quantize=quantize,
+        decoder_dtype=DTYPES[decoder] if decoder else None,
+    )  # fmt: skip
 
 
 def _progress(items: Sequence, desc: str) -> Iterator:
@@ -505,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="bfloat16: see BENCHMARKS.md")
         p.add_argument("--quantize", choices=["int8"], help="dynamic int8 Linear layers on the CPU (see BENCHMARKS.md)")
+        p.add_argument(
+            "--decoder-dtype", choices=sorted(DTYPES), help="the decoder's dtype (bfloat16: faster decode, same codes)"
+        )
 
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("images", nargs="+", type=Path, help="image files or directories (walked recursively)")
