@@ -20,7 +20,9 @@ def _sample(prefix: str, modality: str):
     from meditok.data.testing import require
 
     found = [p for p in sample_paths(modality) if p.name.startswith(prefix)]
-    require(bool(found), f"{prefix}: pip install 'meditok-data[samples]' pydicom-data / apt-get install invesalius-examples")
+    require(
+        bool(found), f"{prefix}: pip install 'meditok-data[samples]' pydicom-data / apt-get install invesalius-examples"
+    )
     return found[0]
 
 
@@ -109,3 +111,21 @@ def test_a_bad_slice_is_said_and_skipped_the_rest_continue(tiny_weights, tmp_pat
     assert nib.load(tmp_path / "d" / "broken_recon.nii.gz").shape == (64, 64, 10)
     rc = main(["encode", "--volume", str(path), "--weights", weights, "--strict", "-o", str(tmp_path / "s.npz")])
     assert rc == 1 and "axial slice 3" in capsys.readouterr().err and not (tmp_path / "s.npz").exists()
+
+
+def test_without_meditok_data_volumes_are_one_line_naming_the_package(tiny_weights, tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    volume = tmp_path / "v.nii.gz"
+    volume.write_bytes(b"\x1f\x8b")  # never read: the missing package is said first
+    monkeypatch.setitem(sys.modules, "meditok.data", None)
+    for command, out in (("encode", "c.npz"), ("reconstruct", "r")):
+        argv = [command, "--volume", str(volume), "--weights", str(tiny_weights["bare"]), "-o", str(tmp_path / out)]
+        assert main(argv) == 1
+        assert "tokenising volumes needs meditok-data (pip install meditok-data)" in capsys.readouterr().err
+    from meditok.tokenizer import MedITok
+
+    with pytest.raises(ImportError, match="needs meditok-data"):
+        MedITok.from_pretrained(tiny_weights["bare"]).encode_volume(volume)

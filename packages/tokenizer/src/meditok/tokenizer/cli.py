@@ -288,9 +288,9 @@ def _encode_volumes(args: argparse.Namespace, tok, paths: list[Path]) -> list:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     if args.volume:
+        paths = _check_volume_inputs(args)  # first: it says when meditok-data is missing
         from meditok.data.volumes import save_volume_codes
 
-        paths = _check_volume_inputs(args)
         encoded = _encode_volumes(args, _load_tokenizer(args), paths)
         save_volume_codes(args.output, encoded)
         shapes = ", ".join(f"{v.name} {list(v.codes.shape)}" for v in encoded)
@@ -380,10 +380,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def _reconstruct_volumes(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    paths = _check_volume_inputs(args)  # first: it says when meditok-data is missing
     from meditok.data import read_volume
     from meditok.data.volumes import slice_psnr, triptych
 
-    paths = _check_volume_inputs(args)
     tok = _load_tokenizer(args)
     args.output.mkdir(parents=True, exist_ok=True)
     for item in _encode_volumes(args, tok, paths):
