@@ -48,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--size", type=int, help="image side (default: the model's recorded image_input)")
 
-    p = sub.add_parser("generate-image", help="prompt -> PNG")
-    p.add_argument("model")
-    p.add_argument("--prompt", required=True)
+    p = sub.add_parser("generate-image", help="prompt -> PNG (or class -> PNG with the paper's c2i GPT: --c2i)")
+    p.add_argument("model", nargs="?", help="the model folder (not with --c2i)")
+    p.add_argument("--prompt", help="the text prompt (required with a model folder)")
+    p.add_argument(
+        "--c2i", metavar="CHECKPOINT", help="the MedITok paper's class-conditional GPT (meditok_c2i_gptb.pt)"
+    )
+    p.add_argument(
+        "--class", dest="c2i_class", metavar="NAME", help="with --c2i: a class name (microscopy, ...) or index"
+    )
+    p.add_argument("--tokenizer", default="massaki75/meditok", help="with --c2i: MedITok weights (path or Hub name)")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--size", type=int, nargs="+", default=[256], help="H [W] in pixels, multiples of 16")
     p.add_argument("--cfg-scale", type=float)
@@ -118,6 +125,19 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
         check_image_header(args.image)  # missing, a directory, not an image, a decompression-bomb header
         load_image(args.image)  # the pixels themselves (one image; non-finite, unreadable DICOM/NIfTI)
+    if command == "generate-image" and args.c2i is not None:
+        # The class-conditional GPT of the paper (meditok.ar.c2i): a checkpoint file and a class, no model folder.
+        from meditok.ar.c2i import class_index
+
+        if args.model is not None or args.prompt is not None or args.server:
+            raise ValueError("--c2i takes a --class, not a model folder, --prompt or --server")
+        if args.c2i_class is None:
+            raise ValueError("--c2i needs --class NAME (microscopy, ultrasound, ...) or an index")
+        if not args.c2i_class.strip().lstrip("-").isdigit():
+            class_index(args.c2i_class)  # an unknown name fails here, before anything loads
+        need(args.c2i, "--c2i", folder=False)
+    elif command == "generate-image" and (args.model is None or args.prompt is None):
+        raise ValueError("needs a model folder and --prompt (or --c2i CHECKPOINT --class NAME)")
     if command == "generate-image":
         if any(side <= 0 or side % 16 for side in args.size):
             raise ValueError(f"--size {' '.join(map(str, args.size))}: sides must be positive multiples of 16")
@@ -170,6 +190,15 @@ def _run(args: argparse.Namespace) -> int:
             image_size = int(rest[i + 1])
             del rest[i : i + 2]
         serve(args.model, rest, image_size)  # replaces this process
+        return 0
+    if args.command == "generate-image" and args.c2i is not None:
+        from meditok.ar.c2i import generate_c2i_images
+
+        image = generate_c2i_images(args.c2i, [args.c2i_class], args.tokenizer, size=_size(args.size),
+                                    cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)[0]  # fmt: skip
+        image.save(args.out)
+        print(args.out)
         return 0
     if args.command == "generate-image" and args.server:
         from meditok.ar.vllm_plugin.client import generate_image_via_server
