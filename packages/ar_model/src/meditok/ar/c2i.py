@@ -361,12 +361,14 @@ class C2IGPT(nn.Module):
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
+        positions: int | None = None,
     ) -> torch.Tensor:
         """Class labels [B] -> codes int64 [B, K, grid_size**2] (raster order), KV-cached in backbone and head.
 
         cfg_scale > 1: a null-class branch runs beside each image and every sub-code is drawn from
         uncond + cfg_scale * (cond - uncond); 1 is plain sampling. temperature 0: greedy (argmax). seed: a private
-        generator (None: torch's global one; seed=s draws what the reference draws after torch.manual_seed(s))."""
+        generator (None: torch's global one; seed=s draws what the reference draws after torch.manual_seed(s)).
+        positions: stop after the first n image positions (a prefix of the full run; previews and tests)."""
         c = self.config
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
         if labels.numel() == 0 or labels.min() < 0 or labels.max() >= c.num_classes:
@@ -385,7 +387,10 @@ class C2IGPT(nn.Module):
         caches = [KVCache() for _ in self.layers]
         x = self.class_embedding(rows)
         out = []
-        for position in range(c.num_positions):
+        positions = c.num_positions if positions is None else positions
+        if not 0 < positions <= c.num_positions:
+            raise ValueError(f"positions must lie in [1, {c.num_positions}], got {positions}")
+        for position in range(positions):
             hidden = self.backbone(x, position, caches)  # position 0: the class token; p: image position p-1
             codes = self._sample_position(hidden, guided, cfg_scale, temperature, top_k, top_p, generator)  # [B, K]
             out.append(codes)
