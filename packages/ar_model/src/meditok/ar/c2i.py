@@ -25,7 +25,7 @@ import argparse
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,7 +101,6 @@ class C2IConfig:
             n_output_layer = 1 + max(int(m[1]) for k in state_dict if (m := re.match(r"output\.layers\.(\d+)\.", k)))
             num_classes = state_dict["cls_embedding.embedding_table.weight"].shape[0] - 1  # minus the null class
             qkv_rows = state_dict["layers.0.attention.wqkv.weight"].shape[0]
-            ffn = state_dict["layers.0.feed_forward.w1.weight"].shape[0]
         except (KeyError, ValueError) as error:  # ValueError: max() of nothing (no layers)
             raise ValueError(f"not a c2i GPT state dict ({error})") from None
         if n_head is None:
@@ -110,12 +109,11 @@ class C2IConfig:
             n_head = HEADS_BY_DIM.get(dim, dim // 64)
         head_dim = dim // n_head
         kv = (qkv_rows // head_dim - n_head) // 2
-        config = cls(dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=None if kv == n_head else kv,
-                     n_output_layer=n_output_layer, num_codebooks=num_codebooks, codebook_size=codebook_size,
-                     num_classes=num_classes, grid_size=grid_size)  # fmt: skip
-        if config.ffn_dim != ffn:  # another rounding than the reference's default: keep the stored width
-            config = cls(**{**asdict(config), "ffn_dim_multiplier": ffn / int(2 * 4 * dim / 3), "multiple_of": 1})
-        return config
+        # The SwiGLU width follows from dim (multiple_of 256 as in every reference preset); another width fails the
+        # strict load with the key named.
+        return cls(dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=None if kv == n_head else kv,
+                   n_output_layer=n_output_layer, num_codebooks=num_codebooks, codebook_size=codebook_size,
+                   num_classes=num_classes, grid_size=grid_size)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------- modules
