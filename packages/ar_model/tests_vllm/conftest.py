@@ -7,17 +7,76 @@ X-rays. One server per module (``server`` fixture in test_server.py)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from meditok.data.testing import require as _require
 
 IMAGE_SIZE = 64  # served image size: a 4x4 grid, 132-token blocks (keeps the CPU tests fast)
 CAPTION = "Chest radiograph. Heart size normal. No pneumothorax."
 QUESTION = "Is there a pneumothorax?"
+STARTUP_TIMEOUT = float(os.environ.get("VLLM_STARTUP_TIMEOUT", "300"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_serve(model_dir: Path, log_path: Path, env: dict[str, str] | None = None,
+               max_model_len: int = 1024) -> Iterator[dict]:  # fmt: skip
+    """A real server through vLLM's own console script (`vllm serve`, as a user types it) with generic vLLM flags
+    and environment only: the folder carries its chat template, the plugin's entry points bring the model,
+    processors, scheduler, runner choice and (allowlisted in VLLM_PLUGINS, as vLLM requires for endpoint plugins)
+    the images endpoint. Stopped by process group."""
+    port = _free_port()
+    vllm_script = Path(sys.executable).with_name("vllm")
+    cmd = [str(vllm_script), "serve", str(model_dir), "--served-model-name", "meditok", "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--max-model-len", str(max_model_len), "--enforce-eager",
+           "--max-num-seqs", "8", "--kv-cache-memory-bytes", "256M", "--limit-mm-per-prompt", '{"image": 1}']  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_DO_NOT_TRACK": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "VLLM_PLUGINS": "meditok_ar,meditok_images", **(env or {})}  # fmt: skip
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield {"url": url, "log": log_path, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -180,7 +180,10 @@ def test_logits_processor_masks_each_step(model_dir):
     layout = TokenLayout.from_config(config)
     hf_config = SimpleNamespace(meditok_ar=config["meditok_ar"], eos_token_id=config["eos_token_id"])
     proc = ImageLayoutLogitsProcessor(SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config)), "cpu", False)
-    assert proc.new_req_logits_processor(SamplingParams(max_tokens=4)) is None  # no xargs: no-op
+    # no image keys: answered in text, as MedITokAR.answer is (its generate_text samples from the text ids only)
+    text_only = proc.new_req_logits_processor(SamplingParams(max_tokens=4))
+    kept = torch.isfinite(text_only([1, 5], [], torch.zeros(layout.vocab_size))).nonzero().flatten()
+    assert (int(kept.min()), int(kept.max()) + 1, len(kept)) == (0, layout.text_vocab_size, layout.text_vocab_size)
     fn = proc.new_req_logits_processor(SamplingParams(max_tokens=200, extra_args={"image_size": 32}))
     header = [layout.boi_token_id, layout.height_token(2), layout.width_token(2)]
 

@@ -7,19 +7,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from conftest import CAPTION, IMAGE_SIZE, QUESTION, data_url
+from conftest import CAPTION, IMAGE_SIZE, QUESTION, data_url, vllm_serve
 from PIL import Image
 
 from meditok.ar.layout import find_image_blocks, token_ids_to_codes
@@ -29,57 +24,15 @@ from meditok.data.testing_contract import materialize, reference_input
 GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)
 N_CODES = 8 * GRID[0] * GRID[1]
 MAX_PIXELS = 2000 * 2000  # VLLM_MAX_IMAGE_PIXELS (the sample DICOM is 1841x1955): 2048x2048 is "oversized"
-STARTUP_TIMEOUT = float(os.environ.get("VLLM_STARTUP_TIMEOUT", "300"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "vllm.log"
-    # vLLM's own console script (`vllm serve`, as a user types it) with generic vLLM flags and environment only: the
-    # folder carries its chat template, the plugin's entry points bring the model, processors, scheduler, runner
-    # choice and (allowlisted in VLLM_PLUGINS, as vLLM requires for endpoint plugins) the images endpoint.
-    vllm_script = Path(sys.executable).with_name("vllm")
-    cmd = [str(vllm_script), "serve", str(model_dir), "--served-model-name", "meditok", "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-           "--max-num-seqs", "8", "--kv-cache-memory-bytes", "256M", "--limit-mm-per-prompt", '{"image": 1}']  # fmt: skip
-    env = {**os.environ, "VLLM_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-           "VLLM_PLUGINS": "meditok_ar,meditok_images", "MEDITOK_VLLM_IMAGE_SIZE": str(IMAGE_SIZE),
-           # the hostile-input test relies on the plugin's media connector (data URLs only, no redirects)
+    # the hostile-input test relies on the plugin's media connector (data URLs only, no redirects)
+    env = {"VLLM_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "MEDITOK_VLLM_IMAGE_SIZE": str(IMAGE_SIZE),
            "VLLM_MEDIA_CONNECTOR": "meditok", "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}  # fmt: skip
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        yield {"url": url, "log": log_path, "proc": proc}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
+    with vllm_serve(model_dir, tmp_path_factory.mktemp("server") / "vllm.log", env=env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 **Layout** (:class:`ImageLayoutLogitsProcessor`). Asked for with ``vllm_xargs`` (OpenAI API) or
 ``SamplingParams(extra_args=...)``: ``{"image_height": H, "image_width": W}`` in pixels (multiples of 16) or
-``{"image_size": S}`` for a square. Without these keys it does nothing, so it is safe as an always-loaded entry point
-(``vllm.logits_processors``). Step ``s`` of the output may only be the id range :class:`meditok.ar.layout.ImageConstraint`
+``{"image_size": S}`` for a square. Without these keys a MedITok model's request is answered in text (the image-layout
+ids are masked, as in the transformers path's ``answer``); other models' requests are untouched, so it is safe as an
+always-loaded entry point (``vllm.logits_processors``). Step ``s`` of the output may only be the id range :class:`meditok.ar.layout.ImageConstraint`
 allows; when the prompt already ends with ``<boi> <h> <w>`` of that grid (the transformers path's generation prompt)
 the model writes the codes and ``<eoi>``, otherwise it also writes the header. After ``<eoi>`` the end-of-sequence
 token is forced, so the request stops on its own: ask for ``max_tokens >= 8*h*w + 5``.
@@ -272,8 +273,19 @@ class ImageLayoutLogitsProcessor(_EitherRunner, AdapterLogitsProcessor, RunnerV2
         if self.layout is None:
             return None
         size = requested_size(params.extra_args)
-        if size is None or requested_guidance(params.extra_args) is not None:
+        if requested_guidance(params.extra_args) is not None:
             return None
+        if size is None:
+            # A request without an image size is answered in text, as the transformers path's `answer` is: the
+            # image-layout ids are masked. The 32k image rows together can hold more probability
+            # than the best text token (seen on SmolLM2 extended with MedITok tokens: a greedy chat answer made only of
+            # image codes, empty as text).
+            text = self.layout.text_vocab_size
+
+            def text_only(prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+                return _keep(logits, 0, text)
+
+            return text_only
         mask = _RequestLayout(self.layout, self.eos, size)
 
         def apply(prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
