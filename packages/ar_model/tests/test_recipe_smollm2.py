@@ -1,0 +1,115 @@
+"""The SmolLM2 recipe (packages/ar_model/recipes/smollm2) end to end at its reduced size (`--quick`): every stage runs
+as the user runs it, the split keeps files on one side, the artefacts load, and fine-tuning lowers the loss of the
+training records (measured here with the models, not read from the trainer's log). The full-size numbers are in
+BENCHMARKS.md ("SmolLM2 recipe"), from the benchmark run, not from this test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(smollm2_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    done = subprocess.run([sys.executable, str(RECIPE / "recipe.py"), "--out", str(out), "--quick", "--base",
+                           str(smollm2_dir)], capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def _mean_record_loss(model, records: list[dict]) -> float:
+    """Mean loss of every training record (no condition dropout), one record at a time."""
+    from meditok.ar.sequences import RecordSampler, collate
+
+    sampler = RecordSampler(model.builder, records, cond_dropout=0.0)
+    losses = []
+    model.llm.eval()
+    for record in records:
+        batch = collate([sampler.build(record)], model.builder.pad, 512)
+        with torch.no_grad():
+            losses.append(float(model.llm(**batch).loss))
+    return sum(losses) / len(losses)
+
+
+def test_the_split_keeps_every_file_on_one_side_and_every_modality_on_both(recipe_run):
+    train = _read_jsonl(recipe_run / "split" / "train.jsonl")
+    held_out = _read_jsonl(recipe_run / "split" / "heldout.jsonl")
+    assert not {r["path"] for r in train} & {r["path"] for r in held_out}
+    assert {r["modality"] for r in train} == {r["modality"] for r in held_out} >= {"ct", "mri", "xray", "fundus"}
+    records = _read_jsonl(recipe_run / "split" / "records.jsonl")
+    named = {r["image"] for r in records}
+    assert named <= {_key(r) for r in train}  # no held-out image is trained on
+    kinds = {"understanding" if "conversations" in r else r["type"] for r in records}
+    assert kinds == {"understanding", "generation"}
+
+
+def _key(row: dict) -> str:
+    from meditok.data import ManifestRow
+
+    return ManifestRow.from_dict(row).key
+
+
+def test_the_artefacts_load_and_fine_tuning_lowers_the_training_loss(recipe_run, smollm2_dir):
+    from meditok.ar.codes import load_code_table
+    from meditok.ar.model import MedITokAR
+    from meditok.ar.train import build_records, load_config
+    from meditok.tokenizer import MedITok
+
+    tokenizer = MedITok.from_pretrained(recipe_run / "tokenizer")
+    assert tokenizer.image_input.size == 32  # the recipe's --quick side, recorded by `meditok export --image-size`
+    table = load_code_table(recipe_run / "codes")
+    assert set(table) == {_key(r) for r in _read_jsonl(recipe_run / "split" / "all.jsonl")}
+    assert all(tuple(entry["grid"]) == (2, 2) for entry in table.values())
+
+    merged = MedITokAR.from_pretrained(recipe_run / "merged")
+    extended = MedITokAR.from_pretrained(recipe_run / "ar" / "base")
+    # SmolLM2's 49,152 text ids, then <image> <boi> <eoi>, 2 x 64 size tokens and 8 x 4096 codes (README's table).
+    assert (merged.layout.text_vocab_size, merged.layout.vocab_size) == (49152, 49152 + 3 + 2 * 64 + 8 * 4096)
+    # The chat format is the base's own (ChatML), as the test of issue 13.2 requires of every SmolLM2 sequence.
+    prompt = merged.builder.question_prompt(next(iter(table.values()))["codes"], "Q", (2, 2))
+    assert merged.text_tokenizer.decode(prompt[:1]) == "<|im_start|>"  # the base's own ChatML (issue 13.2)
+
+    cfg = load_config(RECIPE / "ar.yaml", [f"model.base={smollm2_dir}", f"model.out={recipe_run / 'ar'}",
+                                           f"data.codes={recipe_run / 'codes'}",
+                                           f"data.records={recipe_run / 'split' / 'records.jsonl'}"])  # fmt: skip
+    records = build_records(cfg.data)
+    before, after = _mean_record_loss(extended, records), _mean_record_loss(merged, records)
+    assert after < 0.8 * before, (before, after)
+
+    held_out = _read_jsonl(recipe_run / "split" / "heldout.jsonl")[0]
+    entry = table[_key(held_out)]
+    assert isinstance(merged.answer(entry["codes"], "What is this?", grid=(2, 2), max_new_tokens=4), str)
+    picture = merged.generate_image("Generate a CT image.", size=32, seed=0)
+    assert picture.size == (32, 32)
+
+
+def test_the_results_hold_every_measurement_the_benchmark_reports(recipe_run):
+    from PIL import Image
+
+    results = json.loads((recipe_run / "results.json").read_text())
+    u, lang, g = results["understanding"], results["language"], results["generation"]
+    assert 0 <= u["accuracy"] <= 1 and u["n"] == sum(v["n"] for v in u["per_modality"].values())
+    assert u["chance"] == pytest.approx(1 / 7)
+    assert lang["base_perplexity"] > 1 and lang["merged_perplexity"] > 1
+    assert lang["merged_perplexity_full_vocab"] >= lang["merged_perplexity"]  # more ids in the softmax, never less
+    assert [a["question"] for a in lang["answers"]] and all(a["base"] for a in lang["answers"])
+    assert 0 <= g["prompted_modality_share_cfg1"] <= 1 and 0 <= g["prompted_modality_share_cfg3"] <= 1
+    cost = json.loads((recipe_run / "cost.json").read_text())
+    assert {"samples", "split", "tokenizer", "export", "pretokenize", "train", "merge"} <= set(cost)
+    assert all(c["seconds"] > 0 and c["peak_rss_mb"] > 0 for c in cost.values())
+    grid = Image.open(recipe_run / "generation_grid.png")
+    modalities = len(u["per_modality"])
+    assert grid.height == 18 + modalities * 64  # one row per modality prompt, 32 px images shown at 2x
+    assert "results" in (recipe_run / "results.md").read_text()
