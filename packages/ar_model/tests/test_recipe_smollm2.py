@@ -110,6 +110,6 @@ def test_the_results_hold_every_measurement_the_benchmark_reports(recipe_run):
     assert {"samples", "split", "tokenizer", "export", "pretokenize", "train", "merge"} <= set(cost)
     assert all(c["seconds"] > 0 and c["peak_rss_mb"] > 0 for c in cost.values())
     grid = Image.open(recipe_run / "generation_grid.png")
-    modalities = len(u["per_modality"])
-    assert grid.height == 18 + modalities * 64  # one row per modality prompt, 32 px images shown at 2x
+    modalities = len({r["modality"] for r in _read_jsonl(recipe_run / "split" / "train.jsonl")})
+    assert modalities == 7 and grid.height == 18 + modalities * 64  # a row per modality prompt, 32 px shown at 2x
     assert "results" in (recipe_run / "results.md").read_text()
