@@ -77,6 +77,15 @@ def chat_answer(llm, tokenizer, question: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+def merged_answer(model, question: str, max_new_tokens: int) -> str:
+    """The merged model's greedy answer through its text door (meditok-ar's generate_text, which samples from the text
+    ids only, as `answer` and the vLLM plugin do), with the same chat template as the base's answer."""
+    from meditok.ar.generation import generate_text
+
+    ids = generate_text(model, model.builder.text_prompt(question), max_new_tokens=max_new_tokens)
+    return model.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 300) -> torch.nn.Linear:
     """Multinomial logistic regression (L2, LBFGS) on standardised features."""
     torch.manual_seed(0)
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     language["ratio"] = language["merged_perplexity"] / language["base_perplexity"]
     new_tokens = 12 if quick else 48
     language["answers"] = [{"question": q, "base": chat_answer(base, text_tok, q, new_tokens),
-                            "merged": chat_answer(model.llm, text_tok, q, new_tokens)} for q in TEXT_QUESTIONS]  # fmt: skip
+                            "merged": merged_answer(model, q, new_tokens)} for q in TEXT_QUESTIONS]  # fmt: skip
     del base
     print(json.dumps({k: v for k, v in language.items() if "perplexity" in k or k == "ratio"}))
 

@@ -140,6 +140,10 @@ class SequenceBuilder:
         value = question if IMAGE_PLACEHOLDER in question else IMAGE_PLACEHOLDER + "\n" + question
         return self._prompt(value, [(codes, grid)])
 
+    def text_prompt(self, question: str) -> list[int]:
+        """A text-only user turn, up to where the assistant's reply starts."""
+        return self._prompt(question, [])
+
     # ---- generation
     def generation_prompt(self, prompt: str, grid: tuple[int, int]) -> list[int]:
         h, w = grid
