@@ -54,7 +54,7 @@ class Sizes:
     frames_per_clip: int = 8
     records_per_task: int = 32
     tokenizer_steps: int = 400
-    ar_steps: int = 180
+    ar_steps: int = 160
     ar_batch: int = 4
 
 

@@ -2,10 +2,10 @@
 
     python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split [--per-task 32]
 
-Writes ``train.jsonl``, ``heldout.jsonl`` and ``all.jsonl`` (manifests with absolute paths, ``all`` for pretokenize;
-every slice or frame of a file lands on the same side, so no held-out image has a sibling slice in training) and ``records.jsonl`` (meditok-ar training records naming train
-images by their manifest key): for each modality ``per_task`` x ``TASK_SHARES`` records of each task, cycling over
-its images so that a modality with one file weighs as much as one with a hundred:
+Writes ``train.jsonl``, ``heldout.jsonl`` and ``all.jsonl`` (manifests with absolute paths, ``all`` for pretokenize: every slice or frame of a file lands on the same side, so
+no held-out image has a sibling slice in training) and ``records.jsonl`` (meditok-ar training records naming train
+images by their manifest key): for each modality ``per_task`` records of each task, cycling over its images so that
+a modality with one file weighs as much as one with a hundred:
 
 - understanding: "What imaging modality is this, and which body part does it show?" -> "CT of the head."
 - caption: "Describe this image in one sentence." -> "An axial CT slice of the head."
@@ -132,33 +132,25 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
-# Records per modality, as multiples of --per-task: the modality question is what the recipe measures, so it gets
-# the largest share (measured: with equal shares, 160 steps gave held-out modality accuracy 0.61; BENCHMARKS.md).
-TASK_SHARES = {"modality": 2.0, "caption": 0.5, "generation": 1.0}
-
-
-def _spread(rows: list[dict], count: int) -> list[dict]:
-    """``count`` rows evenly spread over ``rows`` (cycling when there are fewer)."""
-    return [rows[(i * len(rows)) // count if len(rows) >= count else i % len(rows)] for i in range(count)]
-
-
 def make_records(train: list[dict], per_task: int) -> list[dict]:
     by_modality: dict[str, list[dict]] = defaultdict(list)
     for row in train:
         by_modality[row["modality"]].append(row)
-    counts = {task: max(1, round(share * per_task)) for task, share in TASK_SHARES.items()}
     records = []
     for modality, rows in sorted(by_modality.items()):
-        for row in _spread(rows, counts["modality"]):
-            records.append({"image": row_key(row), "conversations": [
+        # Evenly spread over the modality's images (cycling when it has fewer than per_task).
+        chosen = [
+            rows[(i * len(rows)) // per_task if len(rows) >= per_task else i % len(rows)] for i in range(per_task)
+        ]
+        for row in chosen:
+            key = row_key(row)
+            records.append({"image": key, "conversations": [
                 {"from": "human", "value": f"<image>\n{MODALITY_QUESTION}"},
                 {"from": "gpt", "value": modality_answer(row)}]})  # fmt: skip
-        for row in _spread(rows, counts["caption"]):
-            records.append({"image": row_key(row), "conversations": [
+            records.append({"image": key, "conversations": [
                 {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
                 {"from": "gpt", "value": caption(row)}]})  # fmt: skip
-        for row in _spread(rows, counts["generation"]):
-            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": row_key(row)})
+            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": key})
     return records
 
 
