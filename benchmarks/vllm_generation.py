@@ -155,14 +155,16 @@ def render(results: dict) -> str:
         "offline engine (the engine `vllm serve` runs), eager mode; CFG in vLLM = request pairs (guidance logits "
         "processor + PairedScheduler), in transformers = a second KV cache.",
         "",
-        "| Llama shape | params | mode | transformers s | transformers tokens/s | vLLM s | vLLM tokens/s | vLLM / transformers |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Llama shape | params | mode | transformers s | transformers tokens/s | transformers images/s | vLLM s | "
+        "vLLM tokens/s | vLLM images/s | vLLM / transformers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         hf, vl = row["transformers"], row["vllm"]
         lines.append(
             f"| {row['shape']} | {row['params']:,} | {row['mode']} | {hf['seconds']:.1f} | {hf['tokens'] / hf['seconds']:.0f} | "
-            f"{vl['seconds']:.1f} | {vl['tokens'] / vl['seconds']:.0f} | {hf['seconds'] / vl['seconds']:.2f}x |"
+            f"{results['batch'] / hf['seconds']:.3f} | {vl['seconds']:.1f} | {vl['tokens'] / vl['seconds']:.0f} | "
+            f"{results['batch'] / vl['seconds']:.3f} | {hf['seconds'] / vl['seconds']:.2f}x |"
         )
     lines += ["", results["note"], ""]
     return "\n".join(lines)
