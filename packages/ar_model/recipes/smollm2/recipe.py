@@ -26,7 +26,7 @@ in OUT/cost.json, and skips it when its output already exists (rerun after an in
 
 Measured cost (2026-12-01, 2 vCPUs, OMP_NUM_THREADS=1, other jobs running): 32 min end to end: import 36 s, samples /
 split / shard / stand-ins 12 s, tokenizer 204 s, export + pretokenize 10 s, LoRA fine-tune 1347 s (160 steps), merge
-16 s, evaluate 305 s; peak RSS 5.3 GB. --quick: about 5 min. The tokenizer trains on the train split only, so held-out
+16 s, evaluate 305 s; peak RSS 5.3 GB. --quick: about 6 min (with the import, under load). The tokenizer trains on the train split only, so held-out
 images are new to every part of the model. Results (held-out modality accuracy 0.61, perplexity ratio 0.99, generation
 at chance) and every stage's numbers: BENCHMARKS.md, "SmolLM2 recipe".
 """
