@@ -204,14 +204,16 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
     llm = model.llm
     llm.train()
     sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)
-    params = [p for p in llm.parameters() if p.requires_grad]
+    trainable = [(n, p) for n, p in llm.named_parameters() if p.requires_grad]
+    params = [p for _, p in trainable]
     # PEFT names the new rows' parameters trainable_tokens_delta (trainable tokens) or modules_to_save (full copies).
-    is_token = [
-        ("trainable_tokens" in n or "modules_to_save" in n) for n, p in llm.named_parameters() if p.requires_grad
-    ]
+    token_row = [("trainable_tokens" in n or "modules_to_save" in n) for n, _ in trainable]
     groups = [
-        {"params": [p for p, t in zip(params, is_token) if not t], "lr": tr.lr},
-        {"params": [p for p, t in zip(params, is_token) if t], "lr": tr.lr if tr.token_lr is None else tr.token_lr},
+        {"params": [p for (_, p), t in zip(trainable, token_row) if not t], "lr": tr.lr},
+        {
+            "params": [p for (_, p), t in zip(trainable, token_row) if t],
+            "lr": tr.lr if tr.token_lr is None else tr.token_lr,
+        },
     ]
     groups = [g for g in groups if g["params"]]
 
