@@ -1,4 +1,4 @@
-"""meditok-ar: import-gguf | pretokenize | train | merge | answer | generate-image | info | serve."""
+"""meditok-ar: import-gguf | extend | pretokenize | train | merge | answer | generate-image | info | serve."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def main(argv: list[str] | None = None) -> int:
         "--local_rank", type=int, default=-1, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extend", help="a plain LLM folder -> a MedITok-AR folder (flat or compact layout)")
+    p.add_argument("base", help="a Llama / Mistral / Qwen2 Hugging Face folder")
+    p.add_argument("--tokenizer", required=True, help="MedITok weights (folder or file) or a Hub name")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--layout", choices=("flat", "compact"), default="flat",
+                   help="flat: 8 tokens per image position (version 1); compact: one (version 2)")  # fmt: skip
+    p.add_argument("--input-adapter", choices=("sum", "project"), default="sum", help="compact: how 8 sub-codes enter")
+    p.add_argument("--head-layers", type=int, default=1, help="compact: transformer blocks of the depth head")
+    p.add_argument("--max-grid", type=int, help="largest image side in positions (default 64)")
 
     p = sub.add_parser("pretokenize", help="manifest -> CodesDataset shards (sharded over ranks, resumable)")
     p.add_argument("manifest")
@@ -98,7 +108,7 @@ def _resolve_hub_names(args: argparse.Namespace) -> None:
 
     if args.command in ("answer", "generate-image", "info") and hub(args.model):
         args.model = str(resolve_folder(args.model))
-    if args.command == "pretokenize" and hub(args.tokenizer):
+    if args.command in ("pretokenize", "extend") and hub(args.tokenizer):
         args.tokenizer = str(resolve_weights(args.tokenizer))
 
 
@@ -147,6 +157,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
         need(args.tokenizer, "--tokenizer")
     if command == "train":
         need(args.config, "--config", folder=False)
+    if command == "extend":
+        need(args.base, "the base LLM folder", folder=True)
+        need(args.tokenizer, "--tokenizer")
+        if args.layout == "flat" and (args.input_adapter != "sum" or args.head_layers != 1):
+            raise ValueError("--input-adapter / --head-layers belong to --layout compact")
     if command == "merge":
         need(args.adapter, "the adapter folder", folder=True)
 
@@ -165,6 +180,15 @@ def _run(args: argparse.Namespace) -> int:
                              progress=True)  # fmt: skip
         print(json.dumps(result))
         return 0
+    if args.command == "extend":
+        from meditok.ar.model import MedITokAR
+
+        compact = {"input_adapter": args.input_adapter, "head_layers": args.head_layers}
+        model = MedITokAR.from_pretrained(args.base, tokenizer=args.tokenizer, layout=args.layout,
+                                          compact=compact if args.layout == "compact" else None,
+                                          max_grid=args.max_grid)  # fmt: skip
+        print(model.save_pretrained(args.out))
+        return 0
     if args.command == "train":
         from meditok.ar.train import train
 
@@ -175,9 +199,10 @@ def _run(args: argparse.Namespace) -> int:
         from meditok.ar.layout import TokenLayout
 
         config = json.loads((Path(args.model) / "config.json").read_text())
+        layout = TokenLayout.from_config(config)
         print(
             json.dumps(
-                {"architectures": config.get("architectures"), **TokenLayout.from_config(config).to_config()}, indent=2
+                {"architectures": config.get("architectures"), "layout": layout.name, **layout.to_config()}, indent=2
             )
         )
         return 0

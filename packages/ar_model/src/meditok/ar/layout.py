@@ -21,6 +21,16 @@ An image of h x w positions (h = H/16, w = W/16 pixels) is the block::
 i.e. ``4 + 8*h*w`` tokens (2052 for a 256x256 image: 2048 code tokens). Step ``s`` of the code part (s = 0..8hw-1)
 belongs to position ``s // 8`` and sub-codebook ``s % 8``. Because every id is an ordinary vocabulary entry, an
 unmodified sampler (vLLM's) can produce it; :class:`ImageConstraint` says which ids are allowed at each step.
+
+Layout version 2 ("compact", :mod:`meditok.ar.compact`) gives an image position one LLM step instead of 8: the
+vocabulary ends with a single ``<img_pos>`` id instead of the 8*4096 code ids::
+
+    image_base + 0                  <img_pos> one image position; its 8 sub-codes travel beside the ids
+    vocab_size = image_base + 1
+
+and an image is ``<boi> <img_h_h> <img_w_w> <img_pos> * (h*w) <eoi>``, ``4 + h*w`` tokens (260 for 256x256). The ids
+alone do not hold the codes: an input adapter turns each position's 8 sub-codes into its embedding, and a depth head
+predicts them from the backbone's hidden state (:func:`position_codes` gives the codes in position order).
 """
 
 from __future__ import annotations
@@ -33,7 +43,10 @@ from typing import Any
 
 import numpy as np
 
-LAYOUT_VERSION = 1
+FLAT_LAYOUT = 1  # 8 vocabulary tokens per image position
+COMPACT_LAYOUT = 2  # one <img_pos> token per image position, the 8 sub-codes beside it
+LAYOUT_VERSION = FLAT_LAYOUT  # what a layout is unless it says otherwise (and every folder written before version 2)
+LAYOUT_NAMES = {FLAT_LAYOUT: "flat", COMPACT_LAYOUT: "compact"}
 # MedITokConfig's code layout (meditok.tokenizer.config), restated because importing the tokenizer package imports
 # torch; tests/test_codes.py checks that they agree.
 NUM_CODEBOOKS = 8
@@ -44,6 +57,7 @@ IMAGE_TOKENIZER_DIR = "image_tokenizer"  # a saved model's copy of its MedITok
 CONFIG_KEY = "meditok_ar"  # the key of the layout dictionary inside the model's config.json
 ARCHITECTURE = "MedITokARForCausalLM"
 SPECIAL_TOKENS = ("<image>", "<boi>", "<eoi>")
+IMAGE_POSITION_TOKEN = "<img_pos>"  # compact layout only
 
 
 class LayoutError(ValueError):
@@ -66,8 +80,28 @@ class TokenLayout:
             raise LayoutError(f"text_vocab_size must be positive, got {self.text_vocab_size}")
         if not 1 <= self.max_grid <= 1024:
             raise LayoutError(f"max_grid must be in [1, 1024], got {self.max_grid}")
-        if self.version != LAYOUT_VERSION:
-            raise LayoutError(f"layout version {self.version} is not supported (this code reads {LAYOUT_VERSION})")
+        if self.version not in LAYOUT_NAMES:
+            readable = ", ".join(f"{v} ({name})" for v, name in LAYOUT_NAMES.items())
+            raise LayoutError(f"layout version {self.version} is not supported (this code reads {readable})")
+
+    @property
+    def compact(self) -> bool:
+        return self.version == COMPACT_LAYOUT
+
+    @property
+    def name(self) -> str:
+        """The layout's name: flat or compact."""
+        return LAYOUT_NAMES[self.version]
+
+    def describe(self) -> str:
+        return f"{self.name} (layout version {self.version})"
+
+    @property
+    def image_position_token_id(self) -> int:
+        """The compact layout's one id per image position."""
+        if not self.compact:
+            raise LayoutError(f"the {self.describe()} layout has no {IMAGE_POSITION_TOKEN} token")
+        return self.image_token_base
 
     # ---- ids
     @property
@@ -96,7 +130,7 @@ class TokenLayout:
 
     @property
     def num_image_tokens(self) -> int:
-        return self.num_codebooks * self.codebook_size
+        return 1 if self.compact else self.num_codebooks * self.codebook_size
 
     @property
     def vocab_size(self) -> int:
@@ -116,6 +150,10 @@ class TokenLayout:
 
     def code_token_range(self, k: int) -> tuple[int, int]:
         """Half-open id range [lo, hi) of sub-codebook k."""
+        if self.compact:
+            raise LayoutError(
+                f"the {self.describe()} layout has no code tokens: codes travel beside {IMAGE_POSITION_TOKEN}"
+            )
         if not 0 <= k < self.num_codebooks:
             raise LayoutError(f"sub-codebook {k} outside [0, {self.num_codebooks})")
         lo = self.image_token_base + k * self.codebook_size
@@ -125,7 +163,7 @@ class TokenLayout:
         return self.image_token_base <= token_id < self.vocab_size
 
     def block_length(self, grid: tuple[int, int]) -> int:
-        return 4 + self.num_codebooks * grid[0] * grid[1]
+        return 4 + (1 if self.compact else self.num_codebooks) * grid[0] * grid[1]
 
     def _check_side(self, n: int, what: str) -> None:
         if not isinstance(n, (int, np.integer)) or not 1 <= n <= self.max_grid:
@@ -137,6 +175,8 @@ class TokenLayout:
         out = list(SPECIAL_TOKENS)
         out += [f"<img_h_{h}>" for h in range(1, self.max_grid + 1)]
         out += [f"<img_w_{w}>" for w in range(1, self.max_grid + 1)]
+        if self.compact:
+            return out + [IMAGE_POSITION_TOKEN]
         out += [f"<i{k}_{c}>" for k in range(self.num_codebooks) for c in range(self.codebook_size)]
         return out
 
@@ -206,15 +246,30 @@ def _as_codes(codes: Any, grid: tuple[int, int] | None, layout: TokenLayout) -> 
 def codes_to_token_ids(codes: Any, layout: TokenLayout, grid: tuple[int, int] | None = None) -> list[int]:
     """One image's codes ([8, h*w] or [8, h, w]; numpy, torch or lists) -> its token block (see module docstring).
 
-    ``grid`` is needed for non-square [8, h*w] codes."""
+    ``grid`` is needed for non-square [8, h*w] codes. In the compact layout the block holds one ``<img_pos>`` per
+    position and the codes themselves come from :func:`position_codes`."""
     array, (h, w) = _as_codes(codes, grid, layout)
+    if layout.compact:
+        body = [layout.image_position_token_id] * (h * w)
+        return [layout.boi_token_id, layout.height_token(h), layout.width_token(w), *body, layout.eoi_token_id]
     offsets = layout.image_token_base + np.arange(layout.num_codebooks, dtype=np.int64)[:, None] * layout.codebook_size
     body = (array + offsets).T.reshape(-1)  # position-major: all 8 sub-codes of position 0, then position 1, ...
     return [layout.boi_token_id, layout.height_token(h), layout.width_token(w), *body.tolist(), layout.eoi_token_id]
 
 
+def position_codes(codes: Any, layout: TokenLayout, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """One image's codes ([8, h*w] or [8, h, w]) -> int64 [h*w, 8]: row i holds the sub-codes of image position i
+    (raster order), i.e. of the i-th ``<img_pos>`` of its compact block."""
+    array, _ = _as_codes(codes, grid, layout)
+    return np.ascontiguousarray(array.T)
+
+
 def token_ids_to_codes(token_ids: Sequence[int], layout: TokenLayout) -> tuple[np.ndarray, tuple[int, int]]:
     """An image block -> (codes int64 [8, h*w], (h, w)). Raises :class:`LayoutError` naming the first bad token."""
+    if layout.compact:
+        raise LayoutError(
+            f"a {layout.describe()} image block holds no codes: they travel beside its {IMAGE_POSITION_TOKEN} tokens"
+        )
     ids = [int(t) for t in (token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids)]
     if len(ids) < 4:
         raise LayoutError(f"an image block has at least 4 tokens (<boi> <h> <w> ... <eoi>), got {len(ids)}")
@@ -269,13 +324,24 @@ def find_image_blocks(token_ids: Sequence[int], layout: TokenLayout) -> list[tup
         if not (1 <= h <= layout.max_grid and 1 <= w <= layout.max_grid):
             raise LayoutError(f"image block at token {i} has no valid size tokens ({ids[i + 1]}, {ids[i + 2]})")
         end = i + layout.block_length((h, w))
-        try:
-            token_ids_to_codes(ids[i:end], layout)
-        except LayoutError as error:
-            raise LayoutError(f"image block at token {i}: {error}") from None
+        if layout.compact:
+            _check_compact_block(ids[i:end], (h, w), layout, i)
+        else:
+            try:
+                token_ids_to_codes(ids[i:end], layout)
+            except LayoutError as error:
+                raise LayoutError(f"image block at token {i}: {error}") from None
         spans.append((i, end))
         i = end
     return spans
+
+
+def _check_compact_block(block: list[int], grid: tuple[int, int], layout: TokenLayout, start: int) -> None:
+    expected = layout.block_length(grid)
+    body = block[3:-1]
+    if len(block) != expected or block[-1] != layout.eoi_token_id or any(t != layout.image_token_base for t in body):
+        raise LayoutError(f"image block at token {start}: grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]} "
+                          f"{IMAGE_POSITION_TOKEN} tokens then <eoi> ({expected} tokens)")  # fmt: skip
 
 
 class ImageConstraint:
@@ -290,7 +356,7 @@ class ImageConstraint:
         self.layout = layout
         self.grid = (h, w)
         self.header = [layout.boi_token_id, layout.height_token(h), layout.width_token(w)] if include_header else []
-        self.num_codes = layout.num_codebooks * h * w
+        self.num_codes = (1 if layout.compact else layout.num_codebooks) * h * w
         self.length = len(self.header) + self.num_codes + 1  # + <eoi>
 
     def allowed(self, step: int) -> tuple[int, int]:
@@ -300,6 +366,8 @@ class ImageConstraint:
             return self.header[step], self.header[step] + 1
         s = step - len(self.header)
         if s < self.num_codes:
+            if self.layout.compact:
+                return self.layout.image_position_token_id, self.layout.image_position_token_id + 1
             return self.layout.code_token_range(s % self.layout.num_codebooks)
         return self.layout.eoi_token_id, self.layout.eoi_token_id + 1
 

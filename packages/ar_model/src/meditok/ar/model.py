@@ -1,8 +1,10 @@
 """MedITokAR: a Hugging Face causal LM (Llama / Mistral / Qwen2) whose vocabulary is extended with the token layout,
-plus the MedITok image tokenizer that turns images into codes and codes back into images."""
+plus the MedITok image tokenizer that turns images into codes and codes back into images. A compact-layout model
+(layout version 2) also holds its input adapter and depth head (:mod:`meditok.ar.compact`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,13 +16,17 @@ import numpy as np
 import torch
 
 from meditok.ar.chat_format import sequence_builder, write_chat_template
+from meditok.ar.compact import CompactCausalLM, CompactConfig, CompactImageModules
 from meditok.ar.layout import (
     ARCHITECTURE,
+    COMPACT_LAYOUT,
     CONFIG_KEY,
     IMAGE_TOKENIZER_DIR,
+    LAYOUT_NAMES,
     LayoutError,
     TokenLayout,
     image_tokenizer_path,
+    position_codes,
 )
 
 # Families whose HF classes and vLLM 0.32 classes share weights names; the plugin subclasses the vLLM class.
@@ -45,10 +51,15 @@ def init_image_rows(weight: torch.Tensor, codebooks: list[torch.Tensor], layout:
     k (MedITok's normalised codebook), onehot_k places it in the k-th 8-dim slot of a 64-vector, P is
     :func:`code_projection`, and mu / sigma are the mean row and per-dimension std of the text rows. So codes keep
     their cosine geometry, sub-codebooks sit in orthogonal subspaces, and the rows have the text rows' scale.
-    Special and size tokens get mu plus small Gaussian noise (sigma / 10)."""
-    text = weight[: layout.text_vocab_size].float()
-    mu, sigma = text.mean(0), text.std().clamp_min(1e-6)
+    Special and size tokens get mu plus small Gaussian noise (sigma / 10); so does the compact layout's <img_pos>
+    (its input rows are never read: the input adapter embeds image positions)."""
+    mu, sigma = text_row_statistics(weight, layout)
     d = weight.shape[1]
+    if layout.compact:
+        g = torch.Generator().manual_seed(seed + 1)
+        noise = torch.randn(layout.num_new_tokens, d, generator=g) * sigma / 10
+        weight[layout.text_vocab_size :] = (mu + noise).to(weight.dtype)
+        return
     nk, cs = layout.num_codebooks, layout.codebook_size
     if len(codebooks) != nk or any(tuple(c.shape[:1]) != (cs,) for c in codebooks):
         raise LayoutError(f"expected {nk} codebooks of {cs} codes, got {[tuple(c.shape) for c in codebooks]}")
@@ -65,6 +76,22 @@ def init_image_rows(weight: torch.Tensor, codebooks: list[torch.Tensor], layout:
     weight[layout.text_vocab_size : layout.image_token_base] = (mu + noise).to(weight.dtype)
 
 
+def text_row_statistics(weight: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean row and overall std of the text rows of an embedding matrix: the scale new rows are initialised at."""
+    text = weight[: layout.text_vocab_size].detach().float()
+    return text.mean(0), text.std().clamp_min(1e-6)
+
+
+def parse_layout_name(layout: str | int | None) -> int | None:
+    """ "flat" / "compact" / 1 / 2 / None -> the layout version (None stays None)."""
+    if layout is None:
+        return None
+    for version, name in LAYOUT_NAMES.items():
+        if layout in (version, name, str(version)):
+            return version
+    raise LayoutError(f"layout {layout!r}: use one of {', '.join(LAYOUT_NAMES.values())}")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -73,8 +100,12 @@ class MedITokAR:
     """The unified model. ``llm`` is the HF causal LM (or a PeftModel around it after :meth:`add_lora`)."""
 
     def __init__(self, llm: Any, text_tokenizer: Any, layout: TokenLayout, image_tokenizer: Any = None,
-                 image_tokenizer_path: str | None = None) -> None:  # fmt: skip
+                 image_tokenizer_path: str | None = None,
+                 compact_modules: CompactImageModules | None = None) -> None:  # fmt: skip
+        if layout.compact != (compact_modules is not None):
+            raise LayoutError(f"a {layout.describe()} model {'needs' if layout.compact else 'has no'} compact modules")
         self.llm = llm
+        self.compact_modules = compact_modules  # input adapter + depth head (compact layout only)
         self.text_tokenizer = text_tokenizer
         self.layout = layout
         self._image_tokenizer = image_tokenizer
@@ -84,8 +115,13 @@ class MedITokAR:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None, *, dtype: torch.dtype = torch.float32,
-                        max_grid: int | None = None, init_seed: int = 0) -> MedITokAR:  # fmt: skip
+                        max_grid: int | None = None, init_seed: int = 0, layout: str | int | None = None,
+                        compact: CompactConfig | dict[str, Any] | None = None) -> MedITokAR:  # fmt: skip
         """Load a MedITokAR folder, an adapter folder (base + PEFT adapter), or extend a plain local HF causal LM.
+
+        ``layout``: "flat" (version 1) or "compact" (version 2). Extending a plain LLM uses it (default flat);
+        loading a MedITokAR folder checks it (default: whatever the folder holds) and a mismatch is a LayoutError.
+        ``compact``: the compact layout's adapter / head settings when extending (`CompactConfig`; default sum).
 
         ``path`` and a ``tokenizer`` path may be Hugging Face Hub names (``org/name``, ``massaki75/meditok``).
         ``tokenizer``: the MedITok image tokenizer (a ``MedITok`` or a path). Required to extend a plain LLM (its
@@ -109,8 +145,10 @@ class MedITokAR:
             base_dir = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
             if not base_dir or not Path(base_dir).is_dir():
                 raise FileNotFoundError(f"{path}: adapter's base model {base_dir!r} is not a local folder")
-            base = cls.from_pretrained(base_dir, tokenizer, dtype=dtype)
+            base = cls.from_pretrained(base_dir, tokenizer, dtype=dtype, layout=layout)
             base.llm = PeftModel.from_pretrained(base.llm, str(path), is_trainable=False)
+            if base.compact_modules is not None:  # trained in full beside the LoRA adapter
+                base.compact_modules.load(path)
             return base
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
@@ -120,11 +158,18 @@ class MedITokAR:
             raise ValueError(
                 f"{path}: model_type {model_type!r} is not supported; use one of {sorted(SUPPORTED_MODEL_TYPES)}"
             )
+        wanted = parse_layout_name(layout)
+        if CONFIG_KEY in config:  # already extended: the folder's layout, checked before any weights load
+            found = TokenLayout.from_config(config)
+            if wanted is not None and wanted != found.version:
+                raise LayoutError(
+                    f"{path} is a {found.describe()} model, not {LAYOUT_NAMES[wanted]} (layout version {wanted})"
+                )
         text_tokenizer = AutoTokenizer.from_pretrained(str(path))
         llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         llm.eval()
         if CONFIG_KEY in config:  # already extended
-            layout = TokenLayout.from_config(config)
+            layout = found
             if (
                 llm.get_input_embeddings().weight.shape[0] != layout.vocab_size
                 or len(text_tokenizer) != layout.vocab_size
@@ -138,7 +183,11 @@ class MedITokAR:
                 if image_tok is None and not Path(candidate).exists():  # recorded but absent: say so when it's used
                     candidate = None
                 image_path, image_tok = (str(candidate) if candidate else None), None
-            return cls(llm, text_tokenizer, layout, image_tok, image_path)
+            modules = None
+            if layout.compact:
+                settings = CompactConfig.from_dict(layout.extra.get("compact"))
+                modules = CompactImageModules.for_llm(settings, llm.config, layout).load(path).to(dtype).eval()
+            return cls(llm, text_tokenizer, layout, image_tok, image_path, modules)
         # ---- extend a plain LLM
         if tokenizer is None:
             raise ValueError(
@@ -152,22 +201,43 @@ class MedITokAR:
         # The image tokenizer's image-input settings travel with the model, so that training, `answer` and a vLLM
         # server tokenise an image exactly alike.
         extra = {"base_architecture": SUPPORTED_MODEL_TYPES[model_type], "image_input": image_tok.image_input.to_dict()}
-        layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}), extra=extra)
-        added = text_tokenizer.add_tokens(layout.new_token_strings(), special_tokens=True)
-        ids = text_tokenizer.convert_tokens_to_ids(["<image>", "<boi>", "<i0_0>", f"<i7_{layout.codebook_size - 1}>"])
+        version = wanted or 1
+        settings = None
+        books = [cb.normalized_codebook().detach().float().cpu() for cb in image_tok.quantizer.codebooks]
+        if version == COMPACT_LAYOUT:
+            if isinstance(compact, CompactConfig):
+                settings = dataclasses.replace(compact, code_dim=books[0].shape[1]).validate()
+            else:
+                settings = CompactConfig.from_dict({**(compact or {}), "code_dim": books[0].shape[1]})
+            extra["compact"] = settings.to_dict()
+        elif compact is not None:
+            raise LayoutError("compact= settings need layout='compact' (layout version 2)")
+        layout = TokenLayout(len(text_tokenizer), **({"max_grid": max_grid} if max_grid else {}), version=version,
+                             extra=extra)  # fmt: skip
+        new_tokens = layout.new_token_strings()
+        added = text_tokenizer.add_tokens(new_tokens, special_tokens=True)
+        ids = text_tokenizer.convert_tokens_to_ids(
+            ["<image>", "<boi>", new_tokens[-layout.num_image_tokens], new_tokens[-1]]
+        )
         want = [layout.image_token_id, layout.boi_token_id, layout.image_token_base, layout.vocab_size - 1]
         if added != layout.num_new_tokens or ids != want:
             raise LayoutError(
                 f"the text tokenizer already holds some layout token strings (added {added}, ids {ids} != {want})"
             )
+        mu, sigma = text_row_statistics(llm.get_input_embeddings().weight, layout)  # before the new rows exist
         llm.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
-        books = [cb.normalized_codebook().detach().float().cpu() for cb in image_tok.quantizer.codebooks]
         init_image_rows(llm.get_input_embeddings().weight, books, layout, init_seed)
         out = llm.get_output_embeddings()
         if out is not None and out.weight.data_ptr() != llm.get_input_embeddings().weight.data_ptr():
             init_image_rows(out.weight, books, layout, init_seed)
         llm.config.vocab_size = layout.vocab_size
-        return cls(llm, text_tokenizer, layout, image_tok, image_path)
+        modules = None
+        if settings is not None:
+            torch.manual_seed(init_seed)  # the depth head's random initialisation
+            modules = CompactImageModules.for_llm(settings, llm.config, layout)
+            modules.adapter.initialise(books, mu, float(sigma), init_seed)
+            modules = modules.to(dtype).eval()
+        return cls(llm, text_tokenizer, layout, image_tok, image_path, modules)
 
     @property
     def image_tokenizer(self) -> Any:
@@ -194,6 +264,8 @@ class MedITokAR:
         directory.mkdir(parents=True, exist_ok=True)
         if hasattr(self.llm, "peft_config"):
             self.llm.save_pretrained(str(directory))
+            if self.compact_modules is not None:
+                self.compact_modules.save(directory)
             return directory
         extra = dict(self.layout.extra)
         if copy_image_tokenizer:
@@ -206,9 +278,11 @@ class MedITokAR:
             extra["image_tokenizer"] = IMAGE_TOKENIZER_DIR
         elif self.image_tokenizer_path:
             extra["image_tokenizer"] = str(Path(self.image_tokenizer_path).resolve())
-        layout = TokenLayout(self.layout.text_vocab_size, self.layout.max_grid, extra=extra)
+        layout = dataclasses.replace(self.layout, extra=extra)
         self.layout = layout
         self.llm.save_pretrained(str(directory))
+        if self.compact_modules is not None:
+            self.compact_modules.save(directory)
         self.text_tokenizer.save_pretrained(str(directory))
         write_chat_template(directory, self.text_tokenizer)  # chat through plain `vllm serve` renders like `builder`
         config = _read_json(directory / "config.json")
@@ -253,7 +327,15 @@ class MedITokAR:
         if not hasattr(self.llm, "merge_and_unload"):
             return self
         return MedITokAR(self.llm.merge_and_unload(), self.text_tokenizer, self.layout, self._image_tokenizer,
-                         self.image_tokenizer_path)  # fmt: skip
+                         self.image_tokenizer_path, self.compact_modules)  # fmt: skip
+
+    def training_module(self) -> Any:
+        """What the optimiser trains and ``module(**collate(...)).loss`` reads: the LLM (flat layout) or the LLM with
+        the input adapter and depth head around it (compact layout, all of whose own parameters train)."""
+        if self.compact_modules is None:
+            return self.llm
+        self.compact_modules.requires_grad_(True)
+        return CompactCausalLM(self.llm, self.compact_modules, self.layout)
 
     # ------------------------------------------------------------------ images
     @property
@@ -304,8 +386,9 @@ class MedITokAR:
         else:
             codes, grid = self.encode_image(image_or_codes, **(image_input or {}))
         prompt = self.builder.question_prompt(codes, question, grid)
+        image_codes = position_codes(codes, self.layout, grid) if self.layout.compact else None
         ids = generate_text(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed)  # fmt: skip
+                            top_p=top_p, seed=seed, image_codes=image_codes)  # fmt: skip
         return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def generate_image(self, prompt: str | list[str], *, size: int | tuple[int, int] = 256, cfg_scale: float | None = None,
@@ -316,8 +399,9 @@ class MedITokAR:
         ``cfg_scale``: None = plain conditional sampling; a float runs the unconditional pass too and samples from
         cond + (scale - 1) * (cond - uncond) (so 1.0 equals plain sampling). ``temperature`` 0 = greedy.
         Returns one PIL image for a str prompt and num_images == 1, else a list; with ``return_tokens`` also the
-        generated token blocks ([<boi> <h> <w> codes <eoi>] per image)."""
-        from meditok.ar.generation import generate_image_tokens
+        generated token blocks ([<boi> <h> <w> codes <eoi>] per image) of a flat model, or the generated codes
+        (int64 [8, h*w] per image) of a compact one, whose blocks hold no codes."""
+        from meditok.ar.generation import generate_image_codes, generate_image_tokens
         from meditok.ar.layout import token_ids_to_codes
         from meditok.tokenizer.preprocessing import to_pil
 
@@ -326,11 +410,14 @@ class MedITokAR:
             raise ValueError(f"image size {height}x{width} must be positive multiples of 16")
         grid = (height // 16, width // 16)
         prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
-        blocks = generate_image_tokens(self, prompts, grid, cfg_scale=cfg_scale, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, seed=seed)  # fmt: skip
+        sampling = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if self.layout.compact:
+            blocks = generate_image_codes(self, prompts, grid, **sampling)
+        else:
+            blocks = generate_image_tokens(self, prompts, grid, **sampling)
         images = []
         for block in blocks:
-            codes, g = token_ids_to_codes(block, self.layout)
+            codes, g = (block, grid) if self.layout.compact else token_ids_to_codes(block, self.layout)
             images.append(to_pil(self.decode_codes(torch.from_numpy(codes), g).float().clamp(-1, 1))[0])
         single = isinstance(prompt, str) and num_images == 1
         result = images[0] if single else images

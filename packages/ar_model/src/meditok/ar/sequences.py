@@ -13,6 +13,10 @@ block and the end-of-turn token; the answer of an understanding turn is learnt w
 
 Labels are -100 on everything the model is given (system/user turns, the generation prompt and its size header);
 condition dropout replaces the generation prompt by the empty string, which is the unconditional prompt of CFG.
+
+In the compact layout (version 2) an image block holds one ``<img_pos>`` id per position; the sequence carries the
+positions' sub-codes beside the ids (``Sequence.image_codes`` [n, 8], in order) and `collate` stacks them. A learnt
+``<img_pos>`` label means "learn this position's 8 sub-codes" (the depth head's loss, :mod:`meditok.ar.compact`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from meditok.ar.layout import TokenLayout, codes_to_token_ids
+from meditok.ar.layout import TokenLayout, codes_to_token_ids, position_codes
 
 IGNORE_INDEX = -100
 USER = "USER: "
@@ -37,6 +42,7 @@ class Sequence:
     labels: list[int]
     kind: str = "text"
     meta: dict[str, Any] = field(default_factory=dict)
+    image_codes: np.ndarray | None = None  # compact layout: [n <img_pos>, 8] sub-codes in sequence order
 
 
 class SequenceBuilder:
@@ -72,6 +78,18 @@ class SequenceBuilder:
     def image(self, codes: Any, grid: tuple[int, int] | None = None) -> list[int]:
         return codes_to_token_ids(codes, self.layout, grid)
 
+    def image_codes(self, images: list[Any]) -> np.ndarray | None:
+        """Compact layout: the sub-codes of ``images`` (codes or (codes, grid), in sequence order) as [n, 8] rows,
+        one per ``<img_pos>``; None for the flat layout, whose ids hold the codes."""
+        if not self.layout.compact:
+            return None
+        rows = [position_codes(c, self.layout, g) for c, g in map(_codes_grid, images)]
+        return np.concatenate(rows) if rows else np.zeros((0, self.layout.num_codebooks), dtype=np.int64)
+
+    def _with_codes(self, sequence: Sequence, images: list[Any]) -> Sequence:
+        sequence.image_codes = self.image_codes(images)
+        return sequence
+
     def _user_content(self, value: str, images: list[Any]) -> list[int]:
         parts = value.split(IMAGE_PLACEHOLDER)
         if len(parts) - 1 > len(images):
@@ -88,13 +106,14 @@ class SequenceBuilder:
         """LLaVA JSON turns ({"from": "human"|"gpt", "value": ...}); ``images``: codes or (codes, grid) in
         placeholder order. Loss on the assistant answers and their </s> only."""
         images = list(images)
+        all_images = list(images)  # placeholder order is sequence order; the builders below consume `images`
         n_placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in conversations if t["from"] == "human")
         if n_placeholders != len(images):
             raise ValueError(
                 f"conversation has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders, got {len(images)} images"
             )
         if self.templated:
-            return self._templated_conversation(conversations, images)
+            return self._with_codes(self._templated_conversation(conversations, images), all_images)
         ids, labels = [self.bos], [IGNORE_INDEX]
         for turn in conversations:
             if turn["from"] in ("human", "user"):
@@ -107,7 +126,7 @@ class SequenceBuilder:
                 labels += part
             else:
                 raise ValueError(f"unknown conversation role {turn['from']!r}")
-        return Sequence(ids, labels, "understanding")
+        return self._with_codes(Sequence(ids, labels, "understanding"), all_images)
 
     def _templated_conversation(self, conversations: list[dict[str, str]], images: list[Any]) -> Sequence:
         # Render the conversation turn by turn with the model's template: each new piece of text is what that turn
@@ -160,7 +179,8 @@ class SequenceBuilder:
         w = block[2] - self.layout.width_token_base + 1
         head = self.generation_prompt("" if drop_condition else prompt, (h, w))
         body = block[3:] + [self.eos]
-        return Sequence(head + body, [IGNORE_INDEX] * len(head) + body, "generation", {"grid": (h, w)})
+        sequence = Sequence(head + body, [IGNORE_INDEX] * len(head) + body, "generation", {"grid": (h, w)})
+        return self._with_codes(sequence, [(codes, grid)])
 
     # ---- interleaved documents
     def document(self, segments: list[Any]) -> Sequence:
@@ -169,7 +189,8 @@ class SequenceBuilder:
         for seg in segments:
             ids += self.text(seg) if isinstance(seg, str) else self.image(*_codes_grid(seg))
         ids.append(self.eos)
-        return Sequence(ids, [IGNORE_INDEX] + ids[1:], "interleaved")
+        images = [seg for seg in segments if not isinstance(seg, str)]
+        return self._with_codes(Sequence(ids, [IGNORE_INDEX] + ids[1:], "interleaved"), images)
 
 
 def _codes_grid(item: Any) -> tuple[Any, tuple[int, int] | None]:
@@ -179,7 +200,8 @@ def _codes_grid(item: Any) -> tuple[Any, tuple[int, int] | None]:
 
 
 def collate(sequences: list[Sequence], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, labels (-100 on padding), attention_mask."""
+    """Right-padded batch: input_ids, labels (-100 on padding), attention_mask; with compact-layout sequences also
+    image_codes [n, 8] (the <img_pos> positions' sub-codes, row-major over the batch like boolean indexing)."""
     if not sequences:
         raise ValueError("empty batch")
     longest = max(len(s.input_ids) for s in sequences)
@@ -194,7 +216,11 @@ def collate(sequences: list[Sequence], pad_id: int, max_length: int | None = Non
         ids[i, :n] = torch.tensor(s.input_ids)
         labels[i, :n] = torch.tensor(s.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if any(s.image_codes is not None for s in sequences):  # the model checks that there is one row per <img_pos>
+        rows = [torch.as_tensor(s.image_codes, dtype=torch.long) for s in sequences if s.image_codes is not None]
+        batch["image_codes"] = torch.cat(rows) if rows else torch.zeros((0, 8), dtype=torch.long)
+    return batch
 
 
 class RecordSampler:

@@ -2,7 +2,8 @@
 
 Config (YAML or dict)::
 
-    model: {base: LLM_OR_MEDITOKAR_DIR, image_tokenizer: MEDITOK_DIR, out: OUT_DIR}
+    model: {base: LLM_OR_MEDITOKAR_DIR, image_tokenizer: MEDITOK_DIR, out: OUT_DIR, layout: null}  # flat | compact
+    compact: {input_adapter: sum, head_layers: 1, head_heads: null}   # compact layout only, when extending a plain LLM
     lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear, token_training: trainable_tokens}
     data: {codes: CODES_DIR, records: RECORDS.jsonl, cond_dropout: 0.1, max_length: 4096}
     train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2,
@@ -17,6 +18,10 @@ image); ``data.records`` (JSONL) adds understanding / generation / interleaved r
 entry by its ``source`` (the manifest key) — see README. Output: ``OUT/base`` (the extended base, when ``base`` was a
 plain LLM), ``OUT/adapter`` (PEFT adapter; ``MedITokAR.from_pretrained(OUT/adapter)`` loads base + adapter) and
 ``OUT/train_log.json``.
+
+``model.layout``: the token layout when ``base`` is a plain LLM (default flat); for an extended base it must match
+the base's (a LayoutError otherwise). A compact model trains LoRA on the backbone and its input adapter and depth head
+in full (saved with the adapter, ``OUT/adapter/compact_image.safetensors``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 
 from meditok.ar.codes import load_code_table
+from meditok.ar.compact import CompactConfig
 from meditok.ar.layout import CONFIG_KEY
 from meditok.ar.sequences import RecordSampler, collate
 from meditok.data.distributed import launched, rank_and_world_size, start_deepspeed
@@ -44,6 +50,7 @@ class ModelSection:
     base: str | None = None  # a plain LLM folder or a MedITokAR (extended) folder
     image_tokenizer: str | None = None  # a MedITok folder; needed when base is a plain LLM
     out: str | None = None
+    layout: str | None = None  # flat | compact; None: the base's (flat when extending a plain LLM)
 
 
 @dataclass
@@ -97,6 +104,7 @@ def lr_factor(step: int, steps: int, warmup: float, end_ratio: float) -> float:
 class ARTrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    compact: CompactConfig = field(default_factory=CompactConfig)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -106,6 +114,9 @@ class ARTrainConfig:
                 raise ValueError(f"model.{key} is required")
         if not self.data.codes and not self.data.records:
             raise ValueError("data.codes or data.records is required")
+        if self.model.layout not in (None, "flat", "compact"):
+            raise ValueError(f"model.layout must be flat or compact, got {self.model.layout!r}")
+        self.compact.validate()
         tr = self.train
         if not 0 <= tr.warmup < 1:
             raise ValueError(f"train.warmup must be a share of the steps in [0, 1), got {tr.warmup}")
@@ -178,11 +189,13 @@ def prepare_model(cfg: ARTrainConfig, rank: int = 0) -> Any:
     if not is_extended:
         extended = out / "base"
         if rank == 0 and not (extended / "config.json").exists():
-            MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer).save_pretrained(extended)
+            compact = cfg.compact if m.layout == "compact" else None
+            MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer, layout=m.layout,
+                                      compact=compact).save_pretrained(extended)  # fmt: skip
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         base_dir = extended
-    model = MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer)
+    model = MedITokAR.from_pretrained(base_dir, tokenizer=m.image_tokenizer, layout=m.layout)
     lora = cfg.lora
     model.add_lora(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.token_training)
     return model
@@ -201,7 +214,7 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
         rank, world, _ = start_deepspeed()
     torch.manual_seed(tr.seed)
     model = prepare_model(cfg, rank)
-    llm = model.llm
+    llm = model.training_module()  # the LLM, or (compact layout) the LLM with its input adapter and depth head
     llm.train()
     sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)
     trainable = [(n, p) for n, p in llm.named_parameters() if p.requires_grad]
@@ -270,7 +283,10 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
     adapter = out / "adapter"
     llm.eval()
     if rank == 0:
-        (engine.module if engine is not None else llm).save_pretrained(str(adapter))
+        if model.layout.compact:
+            model.save_pretrained(adapter)  # the LoRA adapter and the adapter / head weights beside it
+        else:
+            (engine.module if engine is not None else llm).save_pretrained(str(adapter))
         log = {"losses": losses, "seconds": seconds, "tokens": tokens, "world_size": world, "deepspeed": use_ds,
                "trainable_parameters": sum(p.numel() for p in params)}  # fmt: skip
         (out / "train_log.json").write_text(json.dumps(log))
