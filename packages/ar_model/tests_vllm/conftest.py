@@ -80,8 +80,8 @@ def vllm_serve(model_dir: Path, log_path: Path, env: dict[str, str] | None = Non
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    from meditok.ar.model import MedITokAR
+def base_assets(tmp_path_factory) -> dict[str, Path]:
+    """The plain tiny Llama (IU-report BPE) and the tiny MedITok every served folder here is made from."""
     from meditok.ar.testing import build_llama, iu_xray_reports, report_texts, train_text_tokenizer
     from meditok.tokenizer import MedITok
 
@@ -92,8 +92,73 @@ def model_dir(tmp_path_factory) -> Path:
     llm_dir = build_llama(root / "llama", text_tok, "tiny", seed=0, hidden_size=128, intermediate_size=256)
     image_tok = MedITok.from_config("tiny", seed=0).eval()
     image_tok.save_pretrained(root / "meditok")
+    return {"root": root, "llm_dir": llm_dir, "image_tok_dir": root / "meditok"}
+
+
+@pytest.fixture(scope="session")
+def model_dir(base_assets) -> Path:
+    from meditok.ar.model import MedITokAR
+
+    out = base_assets["root"] / "merged"
+    model = MedITokAR.from_pretrained(base_assets["llm_dir"], tokenizer=base_assets["image_tok_dir"])
+    model.merged().save_pretrained(out)
+    return out
+
+
+COMPACT_ANSWERS = ("No pneumothorax.", "Heart size normal.")  # for xray_png and for its mirror image
+COMPACT_STEPS = 40
+
+
+def mirrored_png(png: bytes) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).transpose(Image.FLIP_LEFT_RIGHT).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def compact_model_dir(base_assets, xray_png) -> Path:
+    """A merged compact-layout (version 2) folder trained so that its greedy answer depends on the image: the X-ray
+    PNG and its mirror image, each with its own answer to QUESTION, overfitted through `meditok-ar train`'s function
+    (extension, LoRA, the input adapter trained in full); understanding records only, since vLLM never runs the depth
+    head. One thread, deterministic algorithms (about 10 s)."""
+    import json
+
+    import torch
+
+    from meditok.ar.codes import write_code_shards
+    from meditok.ar.model import MedITokAR
+    from meditok.ar.train import train
+
+    root = base_assets["root"] / "compact"
+    extended = MedITokAR.from_pretrained(base_assets["llm_dir"], tokenizer=base_assets["image_tok_dir"],
+                                         layout="compact")  # fmt: skip
+    items, records = [], []
+    for name, image, answer in zip(("xray", "mirror"), (xray_png, mirrored_png(xray_png)), COMPACT_ANSWERS):
+        codes, grid = extended.encode_image(image, size=IMAGE_SIZE)  # what the server's processor computes
+        items.append((codes.reshape(8, *grid).numpy(), {"source": name, "modality": "xray", "caption": CAPTION}))
+        turns = [{"from": "human", "value": "<image>\n" + QUESTION}, {"from": "gpt", "value": answer}]
+        records.append(json.dumps({"image": name, "conversations": turns}))
+    write_code_shards(items, root / "codes")
+    (root / "records.jsonl").write_text("\n".join(records) + "\n")
+    config = {
+        "model": {"base": str(base_assets["llm_dir"]), "image_tokenizer": str(base_assets["image_tok_dir"]),
+                  "out": str(root / "run"), "layout": "compact"},
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"codes": str(root / "codes"), "records": str(root / "records.jsonl"), "cond_dropout": 0.0},
+        "train": {"steps": COMPACT_STEPS, "lr": 1e-2, "batch_size": 2, "seed": 0, "log_every": 0},
+    }  # fmt: skip
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = train(config)["model"]
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     out = root / "merged"
-    MedITokAR.from_pretrained(llm_dir, tokenizer=root / "meditok").merged().save_pretrained(out)
+    model.merged().save_pretrained(out)
     return out
 
 

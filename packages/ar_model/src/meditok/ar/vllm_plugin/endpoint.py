@@ -7,7 +7,10 @@ Body: ``{"prompt": str, "size": "HxW" | "S" (pixels, default 256x256), "n": 1..8
 "seed", "cfg_scale" (or "guidance_scale"), "response_format": "b64_json"}``. Each image is one engine request with the
 layout logits processor; with ``cfg_scale`` it is a conditional + unconditional request pair (same seed) guided by
 :class:`meditok.ar.vllm_plugin.logits.GuidancePairLogitsProcessor`, retried when the scheduler split the pair (HTTP 503
-after ``CFG_ATTEMPTS``). The codes are decoded to PNG with the folder's MedITok in the API-server process."""
+after ``CFG_ATTEMPTS``). The codes are decoded to PNG with the folder's MedITok in the API-server process.
+
+A compact-layout folder (layout version 2) gets HTTP 501 with one line saying why (vLLM 0.32 samples one token per
+request and step; README, "Compact models in vLLM") and where its images come from instead (the transformers path)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,11 @@ from fastapi.responses import JSONResponse
 from meditok.ar.vllm_plugin.guided_pair import CFG_ATTEMPTS, GuidedPair, Unavailable, shared_seed
 
 NAME = "meditok_images"
-__all__ = ["CFG_ATTEMPTS", "NAME", "ImagesEndpoint", "Unavailable"]
+__all__ = ["CFG_ATTEMPTS", "NAME", "ImagesEndpoint", "NotServable", "Unavailable"]
+
+
+class NotServable(RuntimeError):
+    """This server's model cannot do what was asked, whatever the request (HTTP 501)."""
 
 
 class ImagesEndpoint:
@@ -53,6 +60,8 @@ class ImagesEndpoint:
                     return JSONResponse({"error": {"message": "client disconnected", "code": 499}}, 499)
             except ValueError as error:
                 return JSONResponse({"error": {"message": str(error), "type": "BadRequestError", "code": 400}}, 400)
+            except NotServable as error:
+                return JSONResponse({"error": {"message": str(error), "type": "NotImplemented", "code": 501}}, 501)
             except Unavailable as error:
                 return JSONResponse({"error": {"message": str(error), "type": "ServiceUnavailable", "code": 503}}, 503)
             return JSONResponse({"created": int(time.time()), "data": data})
@@ -81,10 +90,19 @@ class ImagesEndpoint:
         from vllm import SamplingParams
 
         from meditok.ar.layout import token_ids_to_codes
-        from meditok.ar.vllm_plugin.logits import SEED_RANGE, TOP_K_MAX, requested_guidance, requested_size
+        from meditok.ar.vllm_plugin.logits import (
+            COMPACT_GENERATION,
+            SEED_RANGE,
+            TOP_K_MAX,
+            requested_guidance,
+            requested_size,
+        )
 
         if self.engine is None:
             raise ValueError("no engine behind this server")
+        layout, builder, tok = self.assets()
+        if layout.compact:
+            raise NotServable(COMPACT_GENERATION)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError("prompt must be a string")
@@ -111,7 +129,6 @@ class ImagesEndpoint:
         top_k = _number(body, "top_k", 0)
         if top_k != int(top_k) or not -1 <= top_k <= TOP_K_MAX:
             raise ValueError(f"top_k must be -1 or 0 (disabled) or an integer in [1, {TOP_K_MAX}], got {top_k:.6g}")
-        layout, builder, tok = self.assets()
         patch = tok.config.patch_size
         grid = (height // patch, width // patch)
         if max(grid) > layout.max_grid:

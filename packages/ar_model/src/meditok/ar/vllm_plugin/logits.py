@@ -48,6 +48,12 @@ ROLES = ("cond", "uncond")
 
 _served_max_grid: int | None = None
 _served_num_codebooks: int | None = None
+_served_compact = False
+COMPACT_GENERATION = (
+    "this model uses the compact image layout (layout version 2), whose image positions need 8 sub-codes from its "
+    "depth head per step, and vLLM 0.32 samples one token per request and step: it cannot generate images here; use "
+    "the transformers path (MedITokAR.generate_image, or meditok-ar generate-image without --server)"
+)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 SEED_RANGE = (-(2**63), 2**63 - 1)  # what vLLM's OpenAI protocol accepts and msgspec carries to the engine
 TOP_K_MAX = 2**31 - 1  # vLLM keeps top_k in an int32 tensor (capped to the vocabulary there)
@@ -58,8 +64,8 @@ def note_served_layout(layout: TokenLayout) -> None:
     """Record the served model's ``max_grid`` in this process. vLLM builds the multimodal processor in the API-server
     process at start-up, before any request, so the logits processors' ``validate_params`` (which vLLM calls there
     without the model config) can answer HTTP 400 for a grid the model cannot write."""
-    global _served_max_grid, _served_num_codebooks
-    _served_max_grid, _served_num_codebooks = layout.max_grid, layout.num_codebooks
+    global _served_max_grid, _served_num_codebooks, _served_compact
+    _served_max_grid, _served_num_codebooks, _served_compact = layout.max_grid, layout.num_codebooks, layout.compact
 
 
 def requested_size(extra_args: dict[str, Any] | None) -> tuple[int, int] | None:
@@ -197,7 +203,12 @@ class _RequestLayout:
         return self.constraint.allowed(step)
 
     def end(self) -> tuple[int, int]:
-        return (self.eos, self.eos + 1) if self.eos is not None else (0, -1)
+        return _end_of_sequence(self.eos)
+
+
+def _end_of_sequence(eos: int | None) -> tuple[int, int]:
+    """The id range that ends a request: end-of-sequence (an empty range, which keeps the row, without one)."""
+    return (eos, eos + 1) if eos is not None else (0, -1)
 
 
 def _keep(row: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -262,7 +273,8 @@ class ImageLayoutLogitsProcessor(_EitherRunner, AdapterLogitsProcessor, RunnerV2
 
     @classmethod
     def validate_params(cls, params: Any) -> None:
-        requested_size(params.extra_args)
+        if requested_size(params.extra_args) is not None and _served_compact:
+            raise ValueError(COMPACT_GENERATION)
         requested_guidance(params.extra_args, params)
         check_sampling(params)
 
@@ -286,6 +298,9 @@ class ImageLayoutLogitsProcessor(_EitherRunner, AdapterLogitsProcessor, RunnerV2
                 return _keep(logits, 0, text)
 
             return text_only
+        if self.layout.compact:  # refused at admission (validate_params); should one get here, it ends at once
+            end = _end_of_sequence(self.eos)
+            return lambda prompt_ids, output_ids, logits: _keep(logits, *end)
         mask = _RequestLayout(self.layout, self.eos, size)
 
         def apply(prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,13 @@ runs in the API-server process, once per image; the ``<image>`` placeholder toke
 ``<boi> <img_h_h> <img_w_w> codes... <eoi>`` (real vocabulary ids, so ``prompt_token_ids`` and prefix caching mean
 what they say) and the model embeds those ids with its own embedding table.
 
+A compact-layout folder (layout version 2) gets ``<boi> <img_h_h> <img_w_w> <img_pos>×hw <eoi>`` instead: the prompt
+ids hold one ``<img_pos>`` per image position (what ``builder.question_prompt`` builds), the processor hands the
+image's sub-codes [h*w, 8] to the model as this item's data, and only the ``<img_pos>`` positions take multimodal
+embeddings (``PromptUpdateDetails.select_token_id``): the model's input adapter makes them from the codes
+(:mod:`meditok.ar.vllm_plugin.model`), the other four ids use the text table. vLLM keys prefix caching and its encoder
+cache on the image's hash, so two images of one size (equal ids) never share cached states.
+
 Images go through the image-input contract with the settings the model was trained with (``config.json``
 ``meditok_ar.image_input``, copied from the image tokenizer; the reference's LANCZOS squash to 256 for older folders):
 DICOM, NIfTI and 16-bit images are read by the plugin's loader (`media.py`) exactly as `meditok`'s CLI and
@@ -21,11 +28,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids, image_tokenizer_path
+from meditok.ar.layout import CONFIG_KEY, TokenLayout, codes_to_token_ids, image_tokenizer_path, position_codes
 
 IMAGE_SIZE_ENV = "MEDITOK_VLLM_IMAGE_SIZE"
 PLACEHOLDER = "<image>"
-FIELD = "image_token_ids"
+FIELD = "image_token_ids"  # flat layout: an image's whole block of ids
+CODES_FIELD = "image_codes"  # compact layout: an image's sub-codes, int64 [h*w, 8] (row i: the i-th <img_pos>)
 
 _TOKENIZERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -72,8 +80,8 @@ def load_image_tokenizer(path: Path) -> Any:
         return _TOKENIZERS[key]
 
 
-def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: Any) -> list[int]:
-    """One request image -> its full image block (the ids the transformers path builds from the same file)."""
+def image_to_codes(image: Any, tokenizer: Any, spec: Any) -> tuple[Any, tuple[int, int]]:
+    """One request image -> (codes int64 [8, h*w], (h, w)): what `MedITokAR.encode_image` gives for the same file."""
     import torch
 
     from meditok.tokenizer.preprocessing import preprocess
@@ -83,10 +91,17 @@ def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: An
     x = preprocess(getattr(image, "media", image), spec)
     with torch.no_grad():
         codes = tokenizer.encode(x.to(tokenizer.device))[0].cpu()
-    return codes_to_token_ids(codes, layout, (x.shape[-2] // 16, x.shape[-1] // 16))
+    return codes, (x.shape[-2] // 16, x.shape[-1] // 16)
+
+
+def image_to_token_ids(image: Any, tokenizer: Any, layout: TokenLayout, spec: Any) -> list[int]:
+    """One request image -> its full image block (the ids the transformers path builds from the same file)."""
+    codes, grid = image_to_codes(image, tokenizer, spec)
+    return codes_to_token_ids(codes, layout, grid)
 
 
 def _build() -> tuple[type, type, type]:
+    import numpy as np
     import torch
     from PIL import Image
     from transformers import BatchFeature
@@ -126,9 +141,12 @@ def _build() -> tuple[type, type, type]:
         def image_input(self) -> Any:
             return image_input_of(self.get_hf_config(), self.model_id)
 
-        def block_length(self) -> int:
+        def grid_shape(self) -> tuple[int, int]:
             height, width = self.image_input().output_size
-            return self.layout().block_length((height // 16, width // 16))
+            return height // 16, width // 16
+
+        def block_length(self) -> int:
+            return self.layout().block_length(self.grid_shape())
 
         def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
             return {"image": self.block_length()}
@@ -149,22 +167,37 @@ def _build() -> tuple[type, type, type]:
             layout = self.info.layout()
             spec = self.info.image_input()
             tokenizer = load_image_tokenizer(image_tokenizer_path(self.info.model_id, layout))
+            if layout.compact:
+                rows = []
+                for image in images:
+                    codes, grid = image_to_codes(image, tokenizer, spec)
+                    rows.append(position_codes(codes, layout, grid))
+                h, w = self.info.grid_shape()
+                codes = np.stack(rows) if rows else np.zeros((0, h * w, layout.num_codebooks), np.int64)
+                return BatchFeature({CODES_FIELD: torch.from_numpy(codes)})
             rows = [image_to_token_ids(image, tokenizer, layout, spec) for image in images]
             return BatchFeature({FIELD: torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)})
 
         def _get_mm_fields_config(
             self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
         ) -> Mapping[str, Any]:
-            return {FIELD: MultiModalFieldConfig.batched("image")}
+            return {(CODES_FIELD if self.info.layout().compact else FIELD): MultiModalFieldConfig.batched("image")}
 
         def _get_prompt_updates(
             self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: Any
         ) -> Sequence[Any]:
             layout = self.info.layout()
             length = self.info.block_length()
+            grid = self.info.grid_shape()
 
             def replacement(item_idx: int) -> Any:
                 items = out_mm_kwargs.get("image", []) if out_mm_kwargs is not None else []
+                if layout.compact:
+                    # the block depends on the grid only; its <img_pos> rows are embedded from this item's codes
+                    ids = codes_to_token_ids(
+                        np.zeros((layout.num_codebooks, grid[0] * grid[1]), np.int64), layout, grid
+                    )
+                    return PromptUpdateDetails.select_token_id(ids, layout.image_position_token_id)
                 if item_idx < len(items):
                     ids = items[item_idx][FIELD].data.tolist()
                 else:  # no data (profiling paths): right length, any ids
