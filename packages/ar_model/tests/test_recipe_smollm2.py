@@ -35,11 +35,11 @@ def _mean_record_loss(model, records: list[dict]) -> float:
 
     sampler = RecordSampler(model.builder, records, cond_dropout=0.0)
     losses = []
-    model.llm.eval()
+    module = model.training_module().eval()  # the LLM (flat), or the LLM with the compact adapter and depth head
     for record in records:
         batch = collate([sampler.build(record)], model.builder.pad, 512)
         with torch.no_grad():
-            losses.append(float(model.llm(**batch).loss))
+            losses.append(float(module(**batch).loss))
     return sum(losses) / len(losses)
 
 
@@ -113,3 +113,42 @@ def test_the_results_hold_every_measurement_the_benchmark_reports(recipe_run):
     modalities = len({r["modality"] for r in _read_jsonl(recipe_run / "split" / "train.jsonl")})
     assert modalities == 7 and grid.height == 18 + modalities * 64  # a row per modality prompt, 32 px shown at 2x
     assert "results" in (recipe_run / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def compact_run(recipe_run, smollm2_dir) -> Path:
+    """The same quick run with the compact layout: only its train / merge / evaluate stages run (the rest is shared)."""
+    done = subprocess.run([sys.executable, str(RECIPE / "recipe.py"), "--out", str(recipe_run), "--quick", "--base",
+                           str(smollm2_dir), "--layout", "compact"], capture_output=True, text=True,
+                          timeout=1500)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[tokenizer] done already" in done.stdout and "[pretokenize] done already" in done.stdout
+    return recipe_run
+
+
+def test_the_compact_layout_variant_trains_and_is_measured_beside_the_flat_one(compact_run, smollm2_dir):
+    from meditok.ar.codes import load_code_table
+    from meditok.ar.model import MedITokAR
+    from meditok.ar.train import build_records, load_config
+
+    merged = MedITokAR.from_pretrained(compact_run / "merged-compact-sum")
+    extended = MedITokAR.from_pretrained(compact_run / "ar-compact-sum" / "base")
+    # compact: <image> <boi> <eoi>, 2 x 64 size tokens and one position token after SmolLM2's 49,152 text ids
+    assert merged.layout.version == 2 and merged.layout.vocab_size == 49152 + 3 + 2 * 64 + 1
+    assert merged.compact_modules is not None and merged.compact_modules.config.input_adapter == "sum"
+    cfg = load_config(RECIPE / "ar.yaml", [f"model.base={smollm2_dir}", f"model.out={compact_run / 'ar-compact-sum'}",
+                                           f"data.codes={compact_run / 'codes'}",
+                                           f"data.records={compact_run / 'split' / 'records.jsonl'}"])  # fmt: skip
+    records = build_records(cfg.data)
+    before, after = _mean_record_loss(extended, records), _mean_record_loss(merged, records)
+    assert after < 0.8 * before, (before, after)
+    table = load_code_table(compact_run / "codes")
+    entry = table[_key(_read_jsonl(compact_run / "split" / "heldout.jsonl")[0])]
+    assert isinstance(merged.answer(entry["codes"], "What is this?", grid=(2, 2), max_new_tokens=4), str)
+    results = json.loads((compact_run / "results-compact-sum.json").read_text())
+    flat = json.loads((compact_run / "results.json").read_text())
+    assert 0 <= results["understanding"]["accuracy"] <= 1
+    assert results["understanding"]["n"] == flat["understanding"]["n"]  # the same held-out images for both layouts
+    cost = json.loads((compact_run / "cost.json").read_text())
+    assert {"train", "train-compact-sum", "evaluate-compact-sum"} <= set(cost)
+    assert (compact_run / "generation_grid-compact-sum.png").is_file()

@@ -143,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--base", type=Path, help="the base LLM folder (default OUT/base-llm)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--variant", default="", help="the AR stages' suffix (recipe.py --layout compact: -compact-sum)"
+    )
     args = parser.parse_args(argv)
+    variant = args.variant
     out = args.out
     quick = args.quick
     torch.manual_seed(0)
-    model = MedITokAR.from_pretrained(out / "merged")
+    model = MedITokAR.from_pretrained(out / f"merged{variant}")
     tok = model.image_tokenizer
     size = tok.image_input.size if isinstance(tok.image_input.size, int) else tok.image_input.size[0]
     table = load_code_table(out / "codes")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         made = made if isinstance(made, list) else [made]
         for i, picture in enumerate(made):
             pictures[modalities[i // per_prompt]].setdefault(cfg, []).append(picture)
-    grid_png(pictures, out / "generation_grid.png")
+    grid_png(pictures, out / f"generation_grid{variant}.png")
     with torch.no_grad():
         train_x = tok.features(image_tensors(tok, train_rows)).float()
         held_x = tok.features(image_tensors(tok, held_out)).float()
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             generation[f"prompted_modality_share_cfg{cfg:g}"] = float((pred == want).float().mean())
     print(json.dumps(generation))
 
-    train_log = json.loads((out / "ar" / "train_log.json").read_text())
+    train_log = json.loads((out / f"ar{variant}" / "train_log.json").read_text())
     losses = train_log["losses"]
     window = max(1, len(losses) // 10)
     training = {"steps": len(losses), "trainable_parameters": train_log.get("trainable_parameters"),
@@ -232,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     cost = json.loads((out / "cost.json").read_text()) if (out / "cost.json").exists() else {}
     results = {"understanding": understanding, "language": language, "generation": generation,
                "training": training, "cost": cost}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    print(f"results: {out / 'results.md'}, {out / 'generation_grid.png'}")
+    (out / f"results{variant}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"results{variant}.md").write_text(markdown(results))
+    print(f"results: {out / f'results{variant}.md'}, {out / f'generation_grid{variant}.png'}")
     return 0
 
 

@@ -57,7 +57,7 @@ class Sizes:
     slices_per_volume: int = 24
     frames_per_clip: int = 8
     records_per_task: int = 32
-    tokenizer_steps: int = 400
+    tokenizer_steps: int = 1200
     ar_steps: int = 160
     ar_batch: int = 4
 
@@ -73,8 +73,17 @@ class Stage:
     done: Path  # the stage is skipped when this exists
 
 
-def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quick: bool) -> list[Stage]:
+def variant_suffix(layout: str, input_adapter: str) -> str:
+    """Where a layout's AR stages write inside OUT: the flat layout in OUT/ar, OUT/merged, OUT/results.*; the compact
+    one beside them (OUT/ar-compact-sum, ...), so both layouts share the tokenizer and codes of one run."""
+    return "" if layout == "flat" else f"-{layout}-{input_adapter}"
+
+
+def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quick: bool, layout: str = "flat",
+           input_adapter: str = "sum") -> list[Stage]:  # fmt: skip
     py = sys.executable
+    variant = variant_suffix(layout, input_adapter)
+    layout_overrides = [] if layout == "flat" else ["model.layout=compact", f"compact.input_adapter={input_adapter}"]
     tool = {name: str(BIN / name) for name in ("meditok", "meditok-ar", "meditok-data")}
     base_llm = base or out / "base-llm"
     plan = []
@@ -99,9 +108,9 @@ def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quic
                                f"make_standins({str(out / 'aux')!r})"], out / "aux" / "lpips"),
             Stage("tokenizer", [py, str(ROOT / "packages" / "tokenizer" / "train.py"), "--config",
                                 str(HERE / "tokenizer.yaml"), f"data.source={out / 'shards'}",
-                                f"lpips.path={out / 'aux' / 'lpips'}", f"teacher.path={out / 'aux' / 'vision_teacher'}",
-                                f"disc.path={out / 'aux' / 'disc_backbone'}", f"run.output_dir={run}",
-                                f"run.steps={sizes.tokenizer_steps}", *quick_run], run / "loss.png"),
+                                f"lpips.path={out / 'aux' / 'lpips'}", f"run.output_dir={run}",
+                                f"run.steps={sizes.tokenizer_steps}", f"data.image_size={sizes.image_size}",
+                                *quick_run], run / "loss.png"),
             Stage("export", [tool["meditok"], "export", str(run / "checkpoints"), str(tokenizer), "--image-size",
                              str(sizes.image_size)], tokenizer / "config.json"),
         ]  # fmt: skip
@@ -114,14 +123,16 @@ def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quic
     plan += [
         Stage("pretokenize", [tool["meditok-ar"], "pretokenize", str(out / "split" / "all.jsonl"), "-o",
                               str(out / "codes"), "--tokenizer", str(tokenizer)], out / "codes" / "index.json"),
-        Stage("train", [tool["meditok-ar"], "train", "--config", str(HERE / "ar.yaml"), f"model.base={base_llm}",
-                        f"model.image_tokenizer={tokenizer}", f"model.out={out / 'ar'}", f"data.codes={out / 'codes'}",
-                        f"data.records={out / 'split' / 'records.jsonl'}", f"train.steps={sizes.ar_steps}",
-                        f"train.batch_size={sizes.ar_batch}", *quick_ar], out / "ar" / "train_log.json"),
-        Stage("merge", [tool["meditok-ar"], "merge", str(out / "ar" / "adapter"), "-o", str(out / "merged")],
-              out / "merged" / "config.json"),
-        Stage("evaluate", [py, str(HERE / "evaluate.py"), str(out), "--base", str(base_llm), *(["--quick"] * quick)],
-              out / "results.json"),
+        Stage(f"train{variant}", [tool["meditok-ar"], "train", "--config", str(HERE / "ar.yaml"),
+                                   f"model.base={base_llm}", f"model.image_tokenizer={tokenizer}",
+                                   f"model.out={out / f'ar{variant}'}", f"data.codes={out / 'codes'}",
+                                   f"data.records={out / 'split' / 'records.jsonl'}", f"train.steps={sizes.ar_steps}",
+                                   f"train.batch_size={sizes.ar_batch}", *layout_overrides, *quick_ar],
+              out / f"ar{variant}" / "train_log.json"),
+        Stage(f"merge{variant}", [tool["meditok-ar"], "merge", str(out / f"ar{variant}" / "adapter"), "-o",
+                                   str(out / f"merged{variant}")], out / f"merged{variant}" / "config.json"),
+        Stage(f"evaluate{variant}", [py, str(HERE / "evaluate.py"), str(out), "--base", str(base_llm),
+                                      f"--variant={variant}", *(["--quick"] * quick)], out / f"results{variant}.json"),
     ]  # fmt: skip
     return plan
 
@@ -147,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage (the test's run)")
     parser.add_argument("--base", type=Path, help="an already imported base folder (skips import-gguf)")
     parser.add_argument("--weights", help="MedITok weights to use unchanged instead of training the small tokenizer")
+    parser.add_argument(
+        "--layout",
+        choices=("flat", "compact"),
+        default="flat",
+        help="the AR image layout (compact: one LLM step per image position; its stages write "
+        "OUT/ar-compact-ADAPTER, OUT/merged-..., OUT/results-...; the rest is shared)",
+    )
+    parser.add_argument(
+        "--input-adapter",
+        choices=("sum", "project"),
+        default="sum",
+        help="compact layout: how a position's 8 sub-codes enter the LLM",
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     cost_file = out / "cost.json"
     cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
     started = time.perf_counter()
-    for stage in stages(out, sizes, args.base.resolve() if args.base else None, args.weights, args.quick):
+    plan = stages(out, sizes, args.base.resolve() if args.base else None, args.weights, args.quick, args.layout,
+                  args.input_adapter)  # fmt: skip
+    for stage in plan:
         if stage.done.exists():
             print(f"[{stage.name}] done already ({stage.done})", flush=True)
             continue
@@ -164,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         cost_file.write_text(json.dumps(cost, indent=2) + "\n")
     total = sum(c["seconds"] for c in cost.values())
     print(f"\nrecipe done in {time.perf_counter() - started:.0f} s this run ({total:.0f} s over all stages); "
-          f"cost per stage: {cost_file}; results: {out / 'results.md'}")  # fmt: skip
+          f"cost per stage: {cost_file}; results: {out / f'results{variant_suffix(args.layout, args.input_adapter)}.md'}")  # fmt: skip
     return 0
 
 
