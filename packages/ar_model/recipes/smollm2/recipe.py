@@ -14,7 +14,7 @@ in OUT/cost.json, and skips it when its output already exists (rerun after an in
 
     meditok-ar import-gguf -o OUT/base-llm                                              # SmolLM2, GGUF -> HF folder
     meditok-data samples -o OUT/samples --dermoscopy-limit 96 --slices-per-volume 24 --frames-per-clip 8
-    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split
+    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split --modality-questions 96 --captions 32 --generations 16
     meditok-data shard OUT/split/train.jsonl -o OUT/shards --shard-size 32 --max-side 160
     python -c "from meditok.tokenizer.training.testing import make_standins; make_standins('OUT/aux')"
     python packages/tokenizer/train.py --config packages/ar_model/recipes/smollm2/tokenizer.yaml data.source=...
@@ -56,13 +56,15 @@ class Sizes:
     dermoscopy: int = 96
     slices_per_volume: int = 24
     frames_per_clip: int = 8
-    records_per_task: int = 32
+    modality_questions: int = 96  # per modality; the answers are short, so they get more records (records.py)
+    captions: int = 32
+    generations: int = 16
     tokenizer_steps: int = 1200
     ar_steps: int = 160
     ar_batch: int = 4
 
 
-QUICK = Sizes(image_size=32, dermoscopy=10, slices_per_volume=2, frames_per_clip=2, records_per_task=2,
+QUICK = Sizes(image_size=32, dermoscopy=10, slices_per_volume=2, frames_per_clip=2, modality_questions=2, captions=2, generations=2,
               tokenizer_steps=4, ar_steps=12, ar_batch=2)  # fmt: skip
 
 
@@ -95,7 +97,8 @@ def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quic
                           str(sizes.slices_per_volume), "--frames-per-clip", str(sizes.frames_per_clip)],
               out / "samples" / "manifest.jsonl"),
         Stage("split", [py, str(HERE / "records.py"), str(out / "samples" / "manifest.jsonl"), "-o", str(out / "split"),
-                        "--per-task", str(sizes.records_per_task)], out / "split" / "records.jsonl"),
+                        "--modality-questions", str(sizes.modality_questions), "--captions", str(sizes.captions),
+                        "--generations", str(sizes.generations)], out / "split" / "records.jsonl"),
     ]  # fmt: skip
     tokenizer = out / "tokenizer"
     if weights is None:

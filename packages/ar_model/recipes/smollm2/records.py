@@ -132,25 +132,28 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
-def make_records(train: list[dict], per_task: int) -> list[dict]:
+def spread(rows: list[dict], count: int) -> list[dict]:
+    """``count`` rows evenly spread over ``rows`` (cycling when there are fewer rows than ``count``)."""
+    return [rows[(i * len(rows)) // count if len(rows) >= count else i % len(rows)] for i in range(count)]
+
+
+def make_records(train: list[dict], modality_questions: int, captions: int, generations: int) -> list[dict]:
+    """Per modality: modality questions, captions and generation samples, each spread over the modality's images."""
     by_modality: dict[str, list[dict]] = defaultdict(list)
     for row in train:
         by_modality[row["modality"]].append(row)
     records = []
     for modality, rows in sorted(by_modality.items()):
-        # Evenly spread over the modality's images (cycling when it has fewer than per_task).
-        chosen = [
-            rows[(i * len(rows)) // per_task if len(rows) >= per_task else i % len(rows)] for i in range(per_task)
-        ]
-        for row in chosen:
-            key = row_key(row)
-            records.append({"image": key, "conversations": [
+        for row in spread(rows, modality_questions):
+            records.append({"image": row_key(row), "conversations": [
                 {"from": "human", "value": f"<image>\n{MODALITY_QUESTION}"},
                 {"from": "gpt", "value": modality_answer(row)}]})  # fmt: skip
-            records.append({"image": key, "conversations": [
+        for row in spread(rows, captions):
+            records.append({"image": row_key(row), "conversations": [
                 {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
                 {"from": "gpt", "value": caption(row)}]})  # fmt: skip
-            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": key})
+        for row in spread(rows, generations):
+            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": row_key(row)})
     return records
 
 
@@ -159,13 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--per-task", type=int, default=32, help="records per modality and task")
+    # The mean loss over a batch's label tokens weighs a generation record (its 8*h*w + 1 code tokens) far above a
+    # short answer: at 32 of each, the answers get about a tenth of the gradient. These shift the mix per task.
+    parser.add_argument("--modality-questions", type=int, help="modality questions per modality (default --per-task)")
+    parser.add_argument("--captions", type=int, help="caption records per modality (default --per-task)")
+    parser.add_argument("--generations", type=int, help="generation records per modality (default --per-task)")
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
     base = args.manifest.parent
     for row in rows:  # absolute paths: the split manifests live in another folder than the images
         row["path"] = str((base / row["path"]).resolve())
     train, held_out = split(rows)
-    records = make_records(train, args.per_task)
+    pick = [args.per_task if n is None else n for n in (args.modality_questions, args.captions, args.generations)]
+    records = make_records(train, *pick)
     args.out.mkdir(parents=True, exist_ok=True)
     named = (("train.jsonl", train), ("heldout.jsonl", held_out), ("all.jsonl", rows), ("records.jsonl", records))
     for name, items in named:
