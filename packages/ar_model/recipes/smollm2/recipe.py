@@ -24,11 +24,12 @@ in OUT/cost.json, and skips it when its output already exists (rerun after an in
     meditok-ar merge OUT/ar/adapter -o OUT/merged
     python packages/ar_model/recipes/smollm2/evaluate.py OUT                           # results.md/json, PNGs
 
-Measured cost (2026-12-01, 2 vCPUs, OMP_NUM_THREADS=1, other jobs running): 32 min end to end: import 36 s, samples /
-split / shard / stand-ins 12 s, tokenizer 204 s, export + pretokenize 10 s, LoRA fine-tune 1347 s (160 steps), merge
-16 s, evaluate 305 s; peak RSS 5.3 GB. --quick: about 6 min (with the import, under load). The tokenizer trains on the train split only, so held-out
-images are new to every part of the model. Results (held-out modality accuracy 0.61, perplexity ratio 0.99, generation
-at chance) and every stage's numbers: BENCHMARKS.md, "SmolLM2 recipe".
+Measured cost (2026-12-01, 2 vCPUs, OMP_NUM_THREADS=1, other jobs running): 31 min end to end: import 36 s, samples /
+split / shard / stand-ins 14 s, tokenizer 225 s (1200 steps at 64 px), export + pretokenize 15 s, LoRA fine-tune
+1240 s (160 steps), merge 15 s, evaluate 294 s; peak RSS 5.2 GB. --quick: about 6 min (with the import, under load).
+The tokenizer trains on the train split only, so held-out images are new to every part of the model. Results
+(held-out modality accuracy 0.75, target 0.8 not met; perplexity ratio 0.99; generation near chance) and every stage's
+numbers: BENCHMARKS.md, "SmolLM2 recipe".
 """
 
 from __future__ import annotations
