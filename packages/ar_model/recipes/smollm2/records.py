@@ -1,10 +1,11 @@
 """Split the real samples by file into train / held-out, and write the three fine-tuning tasks as records.
 
-    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split [--per-task 32]
+    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split \
+        [--per-task 32] [--modality-questions 96 --captions 32 --generations 16]
 
 Writes ``train.jsonl``, ``heldout.jsonl`` and ``all.jsonl`` (manifests with absolute paths, ``all`` for pretokenize: every slice or frame of a file lands on the same side, so
 no held-out image has a sibling slice in training) and ``records.jsonl`` (meditok-ar training records naming train
-images by their manifest key): for each modality ``per_task`` records of each task, cycling over its images so that
+images by their manifest key): for each modality a set number of records of each task, cycling over its images so that
 a modality with one file weighs as much as one with a hundred:
 
 - understanding: "What imaging modality is this, and which body part does it show?" -> "CT of the head."
