@@ -72,10 +72,8 @@ def trained(assets, extended_dir):
     led the other text tokens by -0.2 to 0.8 logits."""
     import json
 
-    import torch
-
     from meditok.ar.codes import write_code_shards
-    from meditok.ar.train import train
+    from meditok.ar.testing import train_deterministically
 
     root = assets["root"]
     codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
@@ -91,15 +89,7 @@ def trained(assets, extended_dir):
         "data": {"codes": str(root / "codes"), "records": str(records), "cond_dropout": 0.0},
         "train": {"steps": 120, "lr": 1e-2, "batch_size": 3, "seed": 0, "log_every": 0},
     }
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        result = train(config)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    return {**result, "config": config}
+    return {**train_deterministically(config), "config": config}
 
 
 @pytest.fixture(scope="session")

@@ -161,7 +161,7 @@ def compact_trained(assets, tmp_path_factory):
     """One image + caption + question, overfitted through `meditok-ar train`'s function with model.layout compact
     (from the plain tiny Llama: extension, LoRA, full training of adapter and head), one thread, deterministic."""
     from meditok.ar.codes import write_code_shards
-    from meditok.ar.train import train
+    from meditok.ar.testing import train_deterministically
 
     root = tmp_path_factory.mktemp("compact_run")
     codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
@@ -178,15 +178,7 @@ def compact_trained(assets, tmp_path_factory):
         "data": {"codes": str(root / "codes"), "records": str(records), "cond_dropout": 0.0},
         "train": {"steps": 40, "lr": 1e-2, "batch_size": 2, "seed": 0, "log_every": 0},
     }  # fmt: skip
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        result = train(config)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    return {**result, "config": config}
+    return {**train_deterministically(config), "config": config}
 
 
 def test_training_overfits_one_image_and_answer(compact_trained, assets):

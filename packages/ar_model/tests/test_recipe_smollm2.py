@@ -29,6 +29,16 @@ def recipe_run(smollm2_dir, tmp_path_factory) -> Path:
     return out
 
 
+def _training_records(run: Path, base: Path) -> list[dict]:
+    """The recipe's training records as `meditok-ar train` reads them (ar.yaml, the run's codes and records)."""
+    from meditok.ar.train import build_records, load_config
+
+    overrides = [f"model.base={base}", f"model.out={run / 'ar'}", f"data.codes={run / 'codes'}",
+                 f"data.records={run / 'split' / 'records.jsonl'}"]  # fmt: skip
+    cfg = load_config(RECIPE / "ar.yaml", overrides)
+    return build_records(cfg.data)
+
+
 def _mean_record_loss(model, records: list[dict]) -> float:
     """Mean loss of every training record (no condition dropout), one record at a time."""
     from meditok.ar.sequences import RecordSampler, collate
@@ -64,7 +74,6 @@ def _key(row: dict) -> str:
 def test_the_artefacts_load_and_fine_tuning_lowers_the_training_loss(recipe_run, smollm2_dir):
     from meditok.ar.codes import load_code_table
     from meditok.ar.model import MedITokAR
-    from meditok.ar.train import build_records, load_config
     from meditok.tokenizer import MedITok
 
     tokenizer = MedITok.from_pretrained(recipe_run / "tokenizer")
@@ -81,10 +90,7 @@ def test_the_artefacts_load_and_fine_tuning_lowers_the_training_loss(recipe_run,
     prompt = merged.builder.question_prompt(next(iter(table.values()))["codes"], "Q", (2, 2))
     assert merged.text_tokenizer.decode(prompt[:1]) == "<|im_start|>"  # the base's own ChatML (issue 13.2)
 
-    cfg = load_config(RECIPE / "ar.yaml", [f"model.base={smollm2_dir}", f"model.out={recipe_run / 'ar'}",
-                                           f"data.codes={recipe_run / 'codes'}",
-                                           f"data.records={recipe_run / 'split' / 'records.jsonl'}"])  # fmt: skip
-    records = build_records(cfg.data)
+    records = _training_records(recipe_run, smollm2_dir)
     before, after = _mean_record_loss(extended, records), _mean_record_loss(merged, records)
     assert after < 0.8 * before, (before, after)
 
@@ -129,17 +135,13 @@ def compact_run(recipe_run, smollm2_dir) -> Path:
 def test_the_compact_layout_variant_trains_and_is_measured_beside_the_flat_one(compact_run, smollm2_dir):
     from meditok.ar.codes import load_code_table
     from meditok.ar.model import MedITokAR
-    from meditok.ar.train import build_records, load_config
 
     merged = MedITokAR.from_pretrained(compact_run / "merged-compact-sum")
     extended = MedITokAR.from_pretrained(compact_run / "ar-compact-sum" / "base")
     # compact: <image> <boi> <eoi>, 2 x 64 size tokens and one position token after SmolLM2's 49,152 text ids
     assert merged.layout.version == 2 and merged.layout.vocab_size == 49152 + 3 + 2 * 64 + 1
     assert merged.compact_modules is not None and merged.compact_modules.config.input_adapter == "sum"
-    cfg = load_config(RECIPE / "ar.yaml", [f"model.base={smollm2_dir}", f"model.out={compact_run / 'ar-compact-sum'}",
-                                           f"data.codes={compact_run / 'codes'}",
-                                           f"data.records={compact_run / 'split' / 'records.jsonl'}"])  # fmt: skip
-    records = build_records(cfg.data)
+    records = _training_records(compact_run, smollm2_dir)
     before, after = _mean_record_loss(extended, records), _mean_record_loss(merged, records)
     assert after < 0.8 * before, (before, after)
     table = load_code_table(compact_run / "codes")

@@ -125,11 +125,9 @@ def compact_model_dir(base_assets, xray_png) -> Path:
     head. One thread, deterministic algorithms (about 10 s)."""
     import json
 
-    import torch
-
     from meditok.ar.codes import write_code_shards
     from meditok.ar.model import MedITokAR
-    from meditok.ar.train import train
+    from meditok.ar.testing import train_deterministically
 
     root = base_assets["root"] / "compact"
     extended = MedITokAR.from_pretrained(base_assets["llm_dir"], tokenizer=base_assets["image_tok_dir"],
@@ -149,14 +147,7 @@ def compact_model_dir(base_assets, xray_png) -> Path:
         "data": {"codes": str(root / "codes"), "records": str(root / "records.jsonl"), "cond_dropout": 0.0},
         "train": {"steps": COMPACT_STEPS, "lr": 1e-2, "batch_size": 2, "seed": 0, "log_every": 0},
     }  # fmt: skip
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        model = train(config)["model"]
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    model = train_deterministically(config)["model"]
     out = root / "merged"
     model.merged().save_pretrained(out)
     return out

@@ -121,3 +121,20 @@ def build_llama(out_dir: str | Path, text_tokenizer: Any, shape: str = "tiny", s
     model.save_pretrained(str(out_dir))
     text_tokenizer.save_pretrained(str(out_dir))
     return Path(out_dir)
+
+
+def train_deterministically(config: dict[str, Any]) -> dict[str, Any]:
+    """`meditok.ar.train.train(config)` on one thread with deterministic kernels (so a test's few overfitting steps
+    give the same model on every machine), the caller's torch settings restored afterwards."""
+    import torch
+
+    from meditok.ar.train import train
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return train(config)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
