@@ -38,6 +38,33 @@ def test_pretokenize_sharded_and_resumable(assets, tmp_path):
     assert got.shape == (8, 2, 2) and torch.equal(got.reshape(8, 4), direct)
 
 
+def test_pretokenize_adds_seeded_augmented_views_beside_each_unchanged_image(assets, tmp_path):
+    from meditok.ar.codes import load_code_table
+    from meditok.ar.pretokenize import augmented_key, pretokenize
+    from meditok.data import write_manifest
+    from meditok.data.samples import sample_paths
+
+    paths = sample_paths("xray")[:1] + sample_paths("ct")[:2]
+    write_manifest([{"path": str(p), "modality": "ct", "caption": f"img {i}"} for i, p in enumerate(paths)],
+                   tmp_path / "m.jsonl")  # fmt: skip
+    runs = {}
+    for name, augment, seed in (("plain", 0, 0), ("a", 2, 0), ("again", 2, 0), ("other_seed", 2, 1)):
+        result = pretokenize(tmp_path / "m.jsonl", tmp_path / name, assets["image_tok"], size=32, chunk_size=2,
+                             augment=augment, seed=seed)  # fmt: skip
+        assert result["complete"] and result["views_per_row"] == augment + 1
+        runs[name] = load_code_table(tmp_path / name)
+    plain, augmented = runs["plain"], runs["a"]
+    assert len(plain) == 3 and len(augmented) == 9
+    changed = 0
+    for key, entry in plain.items():
+        assert torch.equal(augmented[augmented_key(key, 0)]["codes"], entry["codes"])  # view 0: the image itself
+        views = [augmented[augmented_key(key, v)]["codes"] for v in (1, 2)]
+        changed += sum(not torch.equal(v, entry["codes"]) for v in views)
+        assert all(torch.equal(runs["again"][augmented_key(key, v)]["codes"], views[v - 1]) for v in (1, 2))
+    assert changed >= 3  # crops / flips / rotations change the codes (a 2x2 grid of the test tokenizer can tie)
+    assert any(not torch.equal(runs["other_seed"][k]["codes"], augmented[k]["codes"]) for k in augmented)
+
+
 def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
     from meditok.ar.codes import write_code_shards
     from meditok.ar.model import MedITokAR

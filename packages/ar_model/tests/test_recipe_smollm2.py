@@ -60,7 +60,8 @@ def test_the_split_keeps_every_file_on_one_side_and_every_modality_on_both(recip
     assert {r["modality"] for r in train} == {r["modality"] for r in held_out} >= {"ct", "mri", "xray", "fundus"}
     records = _read_jsonl(recipe_run / "split" / "records.jsonl")
     named = {r["image"] for r in records}
-    assert named <= {_key(r) for r in train}  # no held-out image is trained on
+    assert {n.split("@aug")[0] for n in named} <= {_key(r) for r in train}  # no held-out image is trained on
+    assert any("@aug" in n for n in named)  # the questions also cycle over the augmented views (--augment)
     kinds = {"understanding" if "conversations" in r else r["type"] for r in records}
     assert kinds == {"understanding", "generation"}
 

@@ -41,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,14 @@ class Sizes:
     modality_questions: int = 96  # per modality; the answers are short, so they get more records (records.py)
     captions: int = 32
     generations: int = 16
+    augment: int = 3  # augmented views per image in the codes (pretokenize --augment), cycled over by the records
     tokenizer_steps: int = 1200
     ar_steps: int = 160
     ar_batch: int = 4
 
 
 QUICK = Sizes(image_size=32, dermoscopy=10, slices_per_volume=2, frames_per_clip=2, modality_questions=2, captions=2, generations=2,
-              tokenizer_steps=4, ar_steps=12, ar_batch=2)  # fmt: skip
+              augment=1, tokenizer_steps=4, ar_steps=12, ar_batch=2)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def variant_suffix(layout: str, input_adapter: str) -> str:
 
 
 def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quick: bool, layout: str = "flat",
-           input_adapter: str = "sum") -> list[Stage]:  # fmt: skip
+           input_adapter: str = "sum", train_overrides: Sequence[str] = ()) -> list[Stage]:  # fmt: skip
     py = sys.executable
     variant = variant_suffix(layout, input_adapter)
     layout_overrides = [] if layout == "flat" else ["model.layout=compact", f"compact.input_adapter={input_adapter}"]
@@ -99,7 +101,8 @@ def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quic
               out / "samples" / "manifest.jsonl"),
         Stage("split", [py, str(HERE / "records.py"), str(out / "samples" / "manifest.jsonl"), "-o", str(out / "split"),
                         "--modality-questions", str(sizes.modality_questions), "--captions", str(sizes.captions),
-                        "--generations", str(sizes.generations)], out / "split" / "records.jsonl"),
+                        "--generations", str(sizes.generations), "--views", str(sizes.augment + 1)],
+              out / "split" / "records.jsonl"),
     ]  # fmt: skip
     tokenizer = out / "tokenizer"
     if weights is None:
@@ -126,12 +129,14 @@ def stages(out: Path, sizes: Sizes, base: Path | None, weights: str | None, quic
     quick_ar = ["train.log_every=1"] if quick else []
     plan += [
         Stage("pretokenize", [tool["meditok-ar"], "pretokenize", str(out / "split" / "all.jsonl"), "-o",
-                              str(out / "codes"), "--tokenizer", str(tokenizer)], out / "codes" / "index.json"),
+                              str(out / "codes"), "--tokenizer", str(tokenizer), "--augment", str(sizes.augment)],
+              out / "codes" / "index.json"),
         Stage(f"train{variant}", [tool["meditok-ar"], "train", "--config", str(HERE / "ar.yaml"),
                                    f"model.base={base_llm}", f"model.image_tokenizer={tokenizer}",
                                    f"model.out={out / f'ar{variant}'}", f"data.codes={out / 'codes'}",
                                    f"data.records={out / 'split' / 'records.jsonl'}", f"train.steps={sizes.ar_steps}",
-                                   f"train.batch_size={sizes.ar_batch}", *layout_overrides, *quick_ar],
+                                   f"train.batch_size={sizes.ar_batch}", *layout_overrides, *quick_ar,
+                                   *train_overrides],
               out / f"ar{variant}" / "train_log.json"),
         Stage(f"merge{variant}", [tool["meditok-ar"], "merge", str(out / f"ar{variant}" / "adapter"), "-o",
                                    str(out / f"merged{variant}")], out / f"merged{variant}" / "config.json"),
@@ -175,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         default="sum",
         help="compact layout: how a position's 8 sub-codes enter the LLM",
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="more meditok-ar train overrides, e.g. train.steps=240 (after the recipe's own)",
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
     started = time.perf_counter()
     plan = stages(out, sizes, args.base.resolve() if args.base else None, args.weights, args.quick, args.layout,
-                  args.input_adapter)  # fmt: skip
+                  args.input_adapter, args.set)  # fmt: skip
     for stage in plan:
         if stage.done.exists():
             print(f"[{stage.name}] done already ({stage.done})", flush=True)

@@ -22,10 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 
 # Held out whole files, chosen so that every modality keeps at least one file on each side (the offline sources have
-# two X-rays, two fundus images and three pathology images in all; see shared/data/README.md).
+# two X-rays, two fundus images and three pathology images in all; see shared/data/README.md). Of the CT files, the
+# abdominal pancreas slice is held out and the two-frame enhanced CT trains, so that training sees a CT of something
+# other than a head (with both held out, every held-out CT was a body region no training CT showed).
 HELD_OUT_FILES = {
     "ct_pancreas",
-    "ct_enhanced",
     "mr_colin27",
     "mr_liver",
     "xray_leg",
@@ -138,23 +139,30 @@ def spread(rows: list[dict], count: int) -> list[dict]:
     return [rows[(i * len(rows)) // count if len(rows) >= count else i % len(rows)] for i in range(count)]
 
 
-def make_records(train: list[dict], modality_questions: int, captions: int, generations: int) -> list[dict]:
-    """Per modality: modality questions, captions and generation samples, each spread over the modality's images."""
-    by_modality: dict[str, list[dict]] = defaultdict(list)
-    for row in train:
-        by_modality[row["modality"]].append(row)
+def make_records(train: list[dict], modality_questions: int, captions: int, generations: int,
+                 views: int = 1) -> list[dict]:  # fmt: skip
+    """Per modality: modality questions, captions and generation samples, each spread over the modality's images; the
+    questions and captions also over their ``views`` (the image and its augmented views from ``meditok-ar pretokenize
+    --augment views-1``)."""
+    from meditok.ar.pretokenize import augmented_key
+
+    by_modality: dict[str, list[tuple[dict, str]]] = defaultdict(list)
+    for view in range(views):  # view-major, so that a modality's records reach every image before repeating one
+        for row in train:
+            by_modality[row["modality"]].append((row, augmented_key(row_key(row), view)))
     records = []
-    for modality, rows in sorted(by_modality.items()):
-        for row in spread(rows, modality_questions):
-            records.append({"image": row_key(row), "conversations": [
+    for modality, items in sorted(by_modality.items()):
+        for row, key in spread(items, modality_questions):
+            records.append({"image": key, "conversations": [
                 {"from": "human", "value": f"<image>\n{MODALITY_QUESTION}"},
                 {"from": "gpt", "value": modality_answer(row)}]})  # fmt: skip
-        for row in spread(rows, captions):
-            records.append({"image": row_key(row), "conversations": [
+        for row, key in spread(items, captions):
+            records.append({"image": key, "conversations": [
                 {"from": "human", "value": f"<image>\n{CAPTION_QUESTION}"},
                 {"from": "gpt", "value": caption(row)}]})  # fmt: skip
-        for row in spread(rows, generations):
-            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": row_key(row)})
+        originals = items[: len(items) // views]  # generation learns images as they are, not rotated or flipped
+        for _, key in spread(originals, generations):
+            records.append({"type": "generation", "prompt": generation_prompt(modality), "image": key})
     return records
 
 
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality-questions", type=int, help="modality questions per modality (default --per-task)")
     parser.add_argument("--captions", type=int, help="caption records per modality (default --per-task)")
     parser.add_argument("--generations", type=int, help="generation records per modality (default --per-task)")
+    parser.add_argument("--views", type=int, default=1, help="views per image in the codes (pretokenize --augment "
+                        "views-1): records cycle over them")  # fmt: skip
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
     base = args.manifest.parent
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         row["path"] = str((base / row["path"]).resolve())
     train, held_out = split(rows)
     pick = [args.per_task if n is None else n for n in (args.modality_questions, args.captions, args.generations)]
-    records = make_records(train, *pick)
+    records = make_records(train, *pick, views=args.views)
     args.out.mkdir(parents=True, exist_ok=True)
     named = (("train.jsonl", train), ("heldout.jsonl", held_out), ("all.jsonl", rows), ("records.jsonl", records))
     for name, items in named:

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-size", type=int)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--augment", type=int, default=0, help="augmented views per image besides the image itself "
+                   "(keys SOURCE@augI: random crop, flips, rotation, grayscale, CT window; seeded)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
 
     p = sub.add_parser("train", help="PEFT LoRA fine-tuning (also under the deepspeed launcher)")
     p.add_argument("--config", required=True)
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
 
         result = pretokenize(args.manifest, args.out, args.tokenizer, size=args.size, rank=args.rank,
                              world_size=args.world_size, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                             progress=True)  # fmt: skip
+                             progress=True, augment=args.augment, seed=args.seed)  # fmt: skip
         print(json.dumps(result))
         return 0
     if args.command == "extend":

@@ -4,7 +4,12 @@ Rows are cut into global chunks of ``chunk_size``; rank r of W encodes chunks r,
 ``OUT/parts/part-NNNNNN/`` (written to a temporary folder and renamed when complete), so an interrupted job reruns
 only unfinished chunks, with any world size. Whoever finishes last writes ``OUT/index.json`` listing every part's
 shards, which makes ``OUT`` an ordinary CodesDataset folder. Each entry's metadata: source (the manifest key),
-modality, caption, grid."""
+modality, caption, grid.
+
+``augment=N`` adds N augmented views of every image (meditok-data's training transform: random crop 0.9-1, flips, +-90
+degree rotation, grayscale, a random CT window), keyed ``augmented_key(source, i)`` and seeded by the row and view, so
+a rerun writes the same codes: fine-tuning on a few hundred images then sees each image in several forms instead of
+memorising one code sequence per image."""
 
 from __future__ import annotations
 
@@ -18,11 +23,18 @@ import torch
 PARTS = "parts"
 
 
+def augmented_key(source: str, view: int) -> str:
+    """The code entry of an image's ``view``-th augmented view (view 0: the image itself)."""
+    return source if view == 0 else f"{source}@aug{view}"
+
+
 def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: Any, *, size: int | None = None,
                 rank: int | None = None, world_size: int | None = None, chunk_size: int = 64, batch_size: int = 8,
-                max_chunks: int | None = None, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+                max_chunks: int | None = None, progress: bool = False, augment: int = 0,
+                seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Encode the rows of ``manifest`` assigned to this rank. ``tokenizer``: a MedITok or its path.
-    ``max_chunks`` stops after that many new chunks (to test resumption). Returns counts."""
+    ``max_chunks`` stops after that many new chunks (to test resumption); ``augment`` augmented views per image
+    (module docstring). Returns counts."""
     from meditok.ar.codes import write_code_shards
     from meditok.data import Preprocess, load_row, read_manifest
     from meditok.data.distributed import rank_and_world_size
@@ -42,7 +54,11 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     n_chunks = (len(rows) + chunk_size - 1) // chunk_size
     # The image-input contract with the tokenizer's recorded settings (``size`` overrides the side only); shapes vary
     # with "shorter" / "native", so every image keeps its own grid.
-    prepare = Preprocess.from_spec(tokenizer.image_input.with_overrides(size=size))  # eval mode: the contract
+    if augment < 0:
+        raise ValueError(f"augment must be >= 0, got {augment}")
+    spec = tokenizer.image_input.with_overrides(size=size)
+    prepare = Preprocess.from_spec(spec)  # eval mode: the contract
+    prepare_augmented = Preprocess.from_spec(spec, train=True)
     done = skipped_rows = new_chunks = 0
     for chunk in range(rank, n_chunks, world_size):
         final = parts / f"part-{chunk:06d}"
@@ -54,10 +70,16 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         items: list[tuple[Any, dict[str, Any]]] = []
         chunk_rows = rows[chunk * chunk_size : (chunk + 1) * chunk_size]
         tensors, metas = [], []
-        for row in chunk_rows:
+        for index, row in enumerate(chunk_rows, start=chunk * chunk_size):
             try:
-                tensors.append(prepare(load_row(row)))
-                metas.append({"source": row.key, "modality": row.modality, "caption": row.caption})
+                image = load_row(row)
+                views = [prepare(image)]
+                for view in range(1, augment + 1):
+                    generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 1_009 + view)
+                    views.append(prepare_augmented(image, generator))
+                tensors += views
+                metas += [{"source": augmented_key(row.key, v), "modality": row.modality, "caption": row.caption}
+                          for v in range(len(views))]  # fmt: skip
             except (MedicalImageError, ValueError) as error:
                 skipped_rows += 1
                 print(f"skipped {row.key}: {error}", flush=True)
@@ -80,7 +102,7 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         if progress:
             print(f"rank {rank}: chunk {chunk + 1}/{n_chunks}", flush=True)
     complete = _write_index_if_complete(out, n_chunks)
-    return {"rows": len(rows), "chunks": n_chunks, "chunks_done_by_rank": done, "new_chunks": new_chunks,
+    return {"rows": len(rows), "views_per_row": augment + 1, "chunks": n_chunks, "chunks_done_by_rank": done, "new_chunks": new_chunks,
             "skipped_rows": skipped_rows, "complete": complete}  # fmt: skip
 
 

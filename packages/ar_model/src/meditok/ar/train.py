@@ -7,7 +7,8 @@ Config (YAML or dict)::
     lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear, token_training: trainable_tokens}
     data: {codes: CODES_DIR, records: RECORDS.jsonl, cond_dropout: 0.1, max_length: 4096}
     train: {steps: 100, lr: 1.0e-3, batch_size: 2, seed: 0, log_every: 10, deepspeed: false, zero_stage: 2,
-            token_lr: null, warmup: 0.0, lr_end_ratio: 1.0}   # token_lr: the new rows' rate; warmup share; cosine end
+            token_lr: null, warmup: 0.0, lr_end_ratio: 1.0,   # token_lr: the new rows' rate; warmup share; cosine end
+            loss_average: token}                             # token | sequence (each record weighs the same)
 
 Loaded as typed dataclasses (`ARTrainConfig`) by the tokenizer trainer's mechanism (`meditok.tokenizer.typed_config`):
 unknown keys and wrong types are errors naming the key; ``section.key=value`` overrides (``meditok-ar train --config
@@ -87,6 +88,10 @@ class TrainSection:
     token_lr: float | None = None  # rate of the new token rows (trainable tokens / modules_to_save); None = lr
     warmup: float = 0.0  # share of the steps with a linear warmup from 0
     lr_end_ratio: float = 1.0  # cosine decay to lr * lr_end_ratio over the steps after warmup; 1.0 = constant
+    # token: the batch loss is the mean over all label tokens (Hugging Face's), so a generation record's 129+ code
+    # tokens outweigh a six-token answer ~20:1; sequence: each sequence's mean, averaged over the batch, so every
+    # record weighs the same (flat layout only).
+    loss_average: str = "token"
 
 
 def lr_factor(step: int, steps: int, warmup: float, end_ratio: float) -> float:
@@ -122,11 +127,34 @@ class ARTrainConfig:
             raise ValueError(f"train.warmup must be a share of the steps in [0, 1), got {tr.warmup}")
         if not 0 <= tr.lr_end_ratio <= 1:
             raise ValueError(f"train.lr_end_ratio must be in [0, 1], got {tr.lr_end_ratio}")
+        if tr.loss_average not in ("token", "sequence"):
+            raise ValueError(f"train.loss_average must be token or sequence, got {tr.loss_average!r}")
+        if tr.loss_average == "sequence" and self.model.layout == "compact":
+            raise ValueError("train.loss_average=sequence is implemented for the flat layout only")
         for key in ("lr", "token_lr"):
             value = getattr(tr, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.{key} must be a finite rate >= 0, got {value}")
         return self
+
+
+def sequence_averaged_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged within each sequence over its label tokens, then over the sequences that
+    have any (labels -100 are ignored, as in Hugging Face's causal-LM loss)."""
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    counted = (targets != -100).sum(dim=1)
+    has_labels = counted > 0
+    return (per_token.sum(dim=1)[has_labels] / counted[has_labels]).mean()
+
+
+def batch_loss(module: Any, batch: dict[str, torch.Tensor], average: str) -> torch.Tensor:
+    if average == "token":
+        return module(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return sequence_averaged_loss(module(**inputs).logits, batch["labels"])
 
 
 def load_config(
@@ -214,6 +242,8 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
         rank, world, _ = start_deepspeed()
     torch.manual_seed(tr.seed)
     model = prepare_model(cfg, rank)
+    if tr.loss_average == "sequence" and model.layout.compact:  # a compact base named by its folder, not model.layout
+        raise ValueError("train.loss_average=sequence is implemented for the flat layout only")
     llm = model.training_module()  # the LLM, or (compact layout) the LLM with its input adapter and depth head
     llm.train()
     sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)
@@ -261,11 +291,11 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
         batch = collate(sampler.next_batch(tr.batch_size), model.builder.pad, data.max_length)
         tokens += int(batch["attention_mask"].sum())
         if engine is not None:
-            loss = engine(**batch).loss
+            loss = batch_loss(engine, batch, tr.loss_average)
             engine.backward(loss)
             engine.step()
         else:
-            loss = llm(**batch).loss
+            loss = batch_loss(llm, batch, tr.loss_average)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tr.grad_clip:
