@@ -1,15 +1,18 @@
 """A compact-layout model (layout version 2) through the plugin: the multimodal processor (no engine) and a real
-``vllm serve`` of a tiny compact folder trained so that its greedy answer depends on the image. Expected values come
-from the transformers path (`MedITokAR.encode_image`, `builder.question_prompt`, `MedITokAR.answer`)."""
+``vllm serve`` of a tiny compact folder trained so that its greedy answer depends on the image, whose images endpoint
+runs the transformers path in the API server. Expected values come from the transformers path called here
+(`MedITokAR.encode_image`, `builder.question_prompt`, `MedITokAR.answer`, `MedITokAR.generate_image`)."""
 
 from __future__ import annotations
 
+import base64
 import io
+import time
 
 import numpy as np
 import pytest
 import requests
-from conftest import COMPACT_ANSWERS, IMAGE_SIZE, QUESTION, data_url, mirrored_png, vllm_serve
+from conftest import CAPTION, COMPACT_ANSWERS, IMAGE_SIZE, QUESTION, data_url, mirrored_png, vllm_serve
 from PIL import Image
 
 from meditok.ar.layout import position_codes
@@ -101,16 +104,66 @@ def test_greedy_chat_answers_equal_the_transformers_path(server, reference, xray
     assert answers[:2] == list(COMPACT_ANSWERS)
 
 
-def test_image_generation_is_refused_with_one_clear_line(server, reference):
-    prompt = reference.builder.generation_prompt("Chest radiograph.", GRID)
+CFG_SCALE = 3.0
+
+
+def _images(url: str, **body) -> list[np.ndarray]:
+    response = requests.post(f"{url}/v1/images/generations", json={"size": str(IMAGE_SIZE), **body}, timeout=300)
+    assert response.status_code == 200, response.text
+    pictures = [Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) for item in response.json()["data"]]
+    assert all(p.format == "PNG" and p.size == (IMAGE_SIZE, IMAGE_SIZE) for p in pictures)
+    return [np.asarray(p.convert("RGB")) for p in pictures]
+
+
+def _rgb(picture: Image.Image) -> np.ndarray:
+    return np.asarray(picture.convert("RGB"))
+
+
+def test_images_endpoint_serves_compact_images_through_the_transformers_path(server, reference):
+    """The endpoint runs the transformers path in the API server: its PNGs equal `MedITokAR.generate_image` called
+    here (greedy, greedy guided, and seeded sampling where image i uses seed + i)."""
+    url = server["url"]
+    greedy = _rgb(reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=0.0))
+    guided = _rgb(reference.generate_image(CAPTION, size=IMAGE_SIZE, cfg_scale=CFG_SCALE, temperature=0.0))
+    assert not np.array_equal(greedy, guided)  # guidance changes this model's image: the checks below tell them apart
+    start = time.monotonic()
+    first = _images(url, prompt=CAPTION, temperature=0)  # loads the folder into the API server, then generates
+    first_s = time.monotonic() - start
+    start = time.monotonic()
+    pair = _images(url, prompt=CAPTION, temperature=0, n=2)
+    print(f"compact images endpoint, {IMAGE_SIZE} px greedy: first request {first_s:.2f} s, then n=2 "
+          f"{time.monotonic() - start:.2f} s")  # fmt: skip
+    assert all(np.array_equal(image, greedy) for image in first + pair) and len(first + pair) == 3
+    (image,) = _images(url, prompt=CAPTION, temperature=0, cfg_scale=CFG_SCALE)
+    assert np.array_equal(image, guided)
+    (image,) = _images(url, prompt=CAPTION, temperature=0, guidance_scale=CFG_SCALE)  # the alias
+    assert np.array_equal(image, guided)
+    sampled = _images(url, prompt=CAPTION, temperature=1.0, top_k=50, top_p=0.9, seed=7, n=2)
+    for i, image in enumerate(sampled):
+        expected = reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=1.0, top_k=50, top_p=0.9, seed=7 + i)
+        assert np.array_equal(image, _rgb(expected)), i
+    assert not np.array_equal(sampled[0], sampled[1])
+
+
+def test_compact_bad_image_requests_get_one_line_400s(server, reference):
+    url = f"{server['url']}/v1/images/generations"
+    for bad, expected in (({"prompt": CAPTION, "size": "20x20"}, "multiple of 16"),
+                          ({"prompt": CAPTION, "size": "64x64", "cfg_scale": -2.0}, "cfg_scale"),
+                          ({"size": "64x64"}, "prompt"), ({"prompt": CAPTION, "size": "64x64", "n": 9}, "n must"),
+                          ({"prompt": CAPTION, "size": "64x64", "seed": "x"}, "seed"),
+                          ({"prompt": CAPTION, "top_k": 1e300}, "top_k"),
+                          ({"prompt": CAPTION, "size": "64", "top_p": 0}, "top_p"),
+                          ({"prompt": CAPTION, "response_format": "url"}, "response_format")):  # fmt: skip
+        response = requests.post(url, json=bad, timeout=60)
+        assert response.status_code == 400, (bad, response.text)
+        message = response.json()["error"]["message"]
+        assert expected in message and "\n" not in message, (bad, message)
+    # completions return token ids, which cannot carry a compact image: refused at admission, pointing to the endpoint
+    prompt = reference.builder.generation_prompt(CAPTION, GRID)
     body = {"model": "meditok", "prompt": prompt, "max_tokens": 20, "vllm_xargs": {"image_size": IMAGE_SIZE}}
     response = requests.post(f"{server['url']}/v1/completions", json=body, timeout=60)
     assert response.status_code == 400, response.text
-    assert "compact" in response.text and "layout version 2" in response.text
-    url = f"{server['url']}/v1/images/generations"
-    response = requests.post(url, json={"prompt": "Chest radiograph.", "size": f"{IMAGE_SIZE}"}, timeout=60)
-    assert response.status_code == 501, response.text
     message = response.json()["error"]["message"]
-    assert "\n" not in message and "compact" in message and "MedITokAR.generate_image" in message
+    assert "\n" not in message and "layout version 2" in message and "/v1/images/generations" in message, message
     # the server keeps serving
     assert requests.get(f"{server['url']}/health", timeout=10).status_code == 200

@@ -9,8 +9,15 @@ layout logits processor; with ``cfg_scale`` it is a conditional + unconditional 
 :class:`meditok.ar.vllm_plugin.logits.GuidancePairLogitsProcessor`, retried when the scheduler split the pair (HTTP 503
 after ``CFG_ATTEMPTS``). The codes are decoded to PNG with the folder's MedITok in the API-server process.
 
-A compact-layout folder (layout version 2) gets HTTP 501 with one line saying why (vLLM 0.32 samples one token per
-request and step; README, "Compact models in vLLM") and where its images come from instead (the transformers path)."""
+A compact-layout folder (layout version 2) cannot generate in vLLM's engine (vLLM 0.32 samples one token per request
+and step; its depth head samples 8 sub-codes per image position: README, "Compact models in vLLM"). For it this
+endpoint runs the transformers path (:func:`meditok.ar.generation.generate_image_codes`, what
+``MedITokAR.generate_image`` runs) inside the API-server process: the folder is loaded once, on the first request, as a
+``MedITokAR`` (a second copy of the weights, float32, beside the engine's), and generation runs in a worker thread
+(the event loop keeps serving), one request at a time under a lock, not batched with other requests. Same body, same
+checks, same 400s and the same PNG decoding as the flat path; an unseeded request's ``n`` images are one batch, a
+seeded one's image i is drawn alone with ``seed + i`` (what ``generate_image(seed=seed + i)`` gives). A client that
+leaves stops the work after the image being drawn."""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import base64
 import contextlib
 import io
 import math
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,11 +38,7 @@ from fastapi.responses import JSONResponse
 from meditok.ar.vllm_plugin.guided_pair import CFG_ATTEMPTS, GuidedPair, Unavailable, shared_seed
 
 NAME = "meditok_images"
-__all__ = ["CFG_ATTEMPTS", "NAME", "ImagesEndpoint", "NotServable", "Unavailable"]
-
-
-class NotServable(RuntimeError):
-    """This server's model cannot do what was asked, whatever the request (HTTP 501)."""
+__all__ = ["CFG_ATTEMPTS", "NAME", "ImagesEndpoint", "Unavailable"]
 
 
 class ImagesEndpoint:
@@ -45,6 +49,8 @@ class ImagesEndpoint:
         self.engine: Any = None
         self.model_dir: str | None = None
         self._assets: Any = None
+        self._compact_model: Any = None  # compact folders: the transformers model, loaded on the first request
+        self._compact_lock = asyncio.Lock()  # one compact generation at a time (torch on CPU gains nothing from more)
 
     def attach_router(self, app: Any) -> None:
         plugin = self
@@ -60,8 +66,6 @@ class ImagesEndpoint:
                     return JSONResponse({"error": {"message": "client disconnected", "code": 499}}, 499)
             except ValueError as error:
                 return JSONResponse({"error": {"message": str(error), "type": "BadRequestError", "code": 400}}, 400)
-            except NotServable as error:
-                return JSONResponse({"error": {"message": str(error), "type": "NotImplemented", "code": 501}}, 501)
             except Unavailable as error:
                 return JSONResponse({"error": {"message": str(error), "type": "ServiceUnavailable", "code": 503}}, 503)
             return JSONResponse({"created": int(time.time()), "data": data})
@@ -91,7 +95,6 @@ class ImagesEndpoint:
 
         from meditok.ar.layout import token_ids_to_codes
         from meditok.ar.vllm_plugin.logits import (
-            COMPACT_GENERATION,
             SEED_RANGE,
             TOP_K_MAX,
             requested_guidance,
@@ -101,8 +104,6 @@ class ImagesEndpoint:
         if self.engine is None:
             raise ValueError("no engine behind this server")
         layout, builder, tok = self.assets()
-        if layout.compact:
-            raise NotServable(COMPACT_GENERATION)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError("prompt must be a string")
@@ -134,7 +135,7 @@ class ImagesEndpoint:
         if max(grid) > layout.max_grid:
             raise ValueError(f"size {height}x{width} exceeds this model's {layout.max_grid * patch} pixels")
         ids = builder.generation_prompt(prompt, grid)
-        n_codes = layout.num_codebooks * grid[0] * grid[1]
+        n_codes = layout.block_length(grid) - 4  # the 8hw codes (flat), the hw image positions (compact)
         max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None)
         if isinstance(max_model_len, int) and len(ids) + n_codes + 2 > max_model_len:
             raise ValueError(
@@ -151,6 +152,10 @@ class ImagesEndpoint:
                 seed=seed_i,
                 extra_args=xargs,
             )
+
+        sampling = params(seed, extra)  # vLLM's checks of temperature / top_p (HTTP 400) before any work, both layouts
+        if layout.compact:
+            return await self._compact_images(tok, layout, prompt, grid, n, seed, cfg_scale, sampling)
 
         async def run(prompt_ids: list[int], sampling: SamplingParams) -> list[int]:
             final = None
@@ -181,6 +186,52 @@ class ImagesEndpoint:
             codes, g = token_ids_to_codes(ids[-3:] + tokens[: n_codes + 1], layout)
             data.append({"b64_json": await asyncio.to_thread(_png_b64, tok, codes, g, layout.num_codebooks)})
         return data
+
+    def compact_model(self, tok: Any) -> Any:
+        """The served compact folder as a transformers ``MedITokAR`` (float32, sharing the endpoint's MedITok), loaded
+        once; called in the worker thread under the lock."""
+        if self._compact_model is None:
+            from meditok.ar.model import MedITokAR
+
+            self._compact_model = MedITokAR.from_pretrained(Path(self.model_dir or "."), tokenizer=tok)
+        return self._compact_model
+
+    async def _compact_images(self, tok: Any, layout: Any, prompt: str, grid: tuple[int, int], n: int,
+                              seed: int | None, cfg_scale: Any, sampling: Any) -> list[dict[str, str]]:  # fmt: skip
+        """A compact model's images through the transformers path, in a worker thread, one request at a time."""
+        from vllm.sampling_params import SamplingType
+
+        from meditok.ar.generation import generate_image_codes
+
+        settings = {
+            "cfg_scale": None if cfg_scale is None else float(cfg_scale),
+            # vLLM's reading of the request: greedy below its epsilon, tiny temperatures raised to 0.01, top_k -1 = off
+            "temperature": 0.0 if sampling.sampling_type == SamplingType.GREEDY else sampling.temperature,
+            "top_k": max(sampling.top_k, 0),
+            "top_p": sampling.top_p,
+        }
+        # unseeded: the n images in one batch; seeded: image i alone with seed + i, as generate_image(seed=seed + i)
+        chunks = [(n, None)] if seed is None else [(1, seed + i) for i in range(n)]
+        stop = threading.Event()
+
+        def work() -> list[dict[str, str]]:
+            model = self.compact_model(tok)
+            data = []
+            for count, seed_i in chunks:
+                if stop.is_set():  # the client left
+                    break
+                for codes in generate_image_codes(model, [prompt] * count, grid, seed=seed_i, **settings):
+                    data.append({"b64_json": _png_b64(tok, codes, grid, layout.num_codebooks)})
+            return data
+
+        async with self._compact_lock:
+            job = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:  # the client left: stop after the current image, and keep the lock till then
+                stop.set()
+                await asyncio.wait({job})
+                raise
 
 
 def _number(body: dict[str, Any], key: str, default: float) -> float:
