@@ -37,6 +37,7 @@ VARIANTS = {
     # name: (batch sizes timed, description)
     "fp32": ([1, 2, 4], "fp32, fused SDPA (the default)"),
     "bf16": ([1, 2, 4], "bf16 encoder/decoder (dtype=torch.bfloat16); projections + quantizer fp32"),
+    "fp16": ([1, 2, 4], "fp16 encoder/decoder (dtype=torch.float16; AVX512-FP16 where the CPU has it)"),
     "bf16_decoder": ([1, 2, 4], "fp32 encoder, bf16 decoder (decoder_dtype=torch.bfloat16): codes as fp32"),
     "int8": ([1, 2, 4], 'dynamic int8 Linear in the transformer blocks (quantize="int8")'),
     "channels_last": ([1], "fp32, model and input in channels-last memory format"),
@@ -66,7 +67,7 @@ def gemm_peak(seconds: float = 2.0) -> dict:
         return max(rates)
 
     out = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for n in (1024, 2048, 3072):
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             out[f"{str(dtype).split('.')[-1]}_mm_{n}"] = best(lambda a=a, b=b: a @ b, 2 * n**3)
@@ -149,7 +150,7 @@ def build_weights(work: Path, config: str) -> Path:
 def load_variant(weights: Path, variant: str):
     from meditok.tokenizer import MedITok
 
-    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant, torch.float32)
     decoder_dtype = torch.bfloat16 if variant == "bf16_decoder" else None
     quantize = "int8" if variant == "int8" else None
     tok = MedITok.from_pretrained(weights, dtype=dtype, quantize=quantize, decoder_dtype=decoder_dtype)
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batches:
-        for name in ("fp32", "bf16", "bf16_decoder", "int8"):
+        for name in ("fp32", "bf16", "fp16", "bf16_decoder", "int8"):
             VARIANTS[name] = (args.batches, VARIANTS[name][1])
     if args.worker:
         print(json.dumps(run_variant(args)))
