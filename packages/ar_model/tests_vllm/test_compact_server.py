@@ -119,7 +119,8 @@ def _rgb(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("RGB"))
 
 
-def test_images_endpoint_serves_compact_images_through_the_transformers_path(server, reference):
+def test_images_endpoint_serves_compact_images_through_the_transformers_path(server, reference, compact_model_dir,
+                                                                              tmp_path):  # fmt: skip
     """The endpoint runs the transformers path in the API server: its PNGs equal `MedITokAR.generate_image` called
     here (greedy, greedy guided, and seeded sampling where image i uses seed + i)."""
     url = server["url"]
@@ -138,6 +139,13 @@ def test_images_endpoint_serves_compact_images_through_the_transformers_path(ser
     assert np.array_equal(image, guided)
     (image,) = _images(url, prompt=CAPTION, temperature=0, guidance_scale=CFG_SCALE)  # the alias
     assert np.array_equal(image, guided)
+    # `meditok-ar generate-image --server` asks the images endpoint for a compact folder
+    from meditok.ar.vllm_plugin.client import generate_image_via_server
+
+    out = tmp_path / "client.png"
+    generate_image_via_server(url, str(compact_model_dir), CAPTION, (IMAGE_SIZE, IMAGE_SIZE), str(out), temperature=0.0,
+                              cfg_scale=CFG_SCALE)  # fmt: skip
+    assert np.array_equal(_rgb(Image.open(out)), guided)
     sampled = _images(url, prompt=CAPTION, temperature=1.0, top_k=50, top_p=0.9, seed=7, n=2)
     for i, image in enumerate(sampled):
         expected = reference.generate_image(CAPTION, size=IMAGE_SIZE, temperature=1.0, top_k=50, top_p=0.9, seed=7 + i)

@@ -5,7 +5,9 @@ The client needs the model folder locally for the text tokenizer, the layout and
 weights): it sends the transformers path's generation prompt as token ids with ``vllm_xargs`` asking for the image,
 reads the codes back from ``return_token_ids`` and decodes them to a PNG. With ``cfg_scale`` the one completions request
 carries two prompts, conditional and unconditional (empty text), with one seed and a fresh ``cfg_pair`` key, so that
-the plugin's guidance processor runs them in lockstep; a pair the scheduler split comes back short and is resent."""
+the plugin's guidance processor runs them in lockstep; a pair the scheduler split comes back short and is resent.
+For a compact-layout folder it asks ``POST /v1/images/generations`` instead (vLLM's engine cannot run the depth head;
+that endpoint runs the transformers path) and writes the PNG it returns."""
 
 from __future__ import annotations
 
@@ -97,6 +99,9 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     base = server.rstrip("/")
     models = requests.get(f"{base}/v1/models", timeout=30)
     models.raise_for_status()
+    if layout.compact:  # vLLM's engine cannot run the depth head: the images endpoint runs the transformers path
+        return _compact_image_via_endpoint(base, prompt, size, grid, out, timeout, temperature=temperature,
+                                           top_k=top_k, top_p=top_p, seed=seed, cfg_scale=cfg_scale)  # fmt: skip
     n_codes = layout.num_codebooks * grid[0] * grid[1]
     xargs: dict[str, Any] = {"image_height": height, "image_width": width}
     body: dict[str, Any] = {
@@ -141,3 +146,19 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
         pixels = tokenizer.decode(torch.from_numpy(codes).reshape(1, layout.num_codebooks, -1), grid=g)
     to_pil(pixels.float().clamp(-1, 1))[0].save(out)
     return {"token_ids": token_ids, "block": block, "grid": g, "out": out}
+
+
+def _compact_image_via_endpoint(base: str, prompt: str, size: tuple[int, int], grid: tuple[int, int], out: str,
+                                timeout: float, **sampling: Any) -> dict[str, Any]:  # fmt: skip
+    """One image of a compact-layout model from ``POST /v1/images/generations``, written to ``out`` as sent."""
+    import base64
+
+    import requests
+
+    body = {"prompt": prompt, "size": f"{size[0]}x{size[1]}", "n": 1, "response_format": "b64_json",
+            **{k: v for k, v in sampling.items() if v is not None and not (k == "top_k" and not v)}}  # fmt: skip
+    response = requests.post(f"{base}/v1/images/generations", json=body, timeout=timeout)
+    if response.status_code != 200:
+        raise ValueError(f"server answered {response.status_code}: {response.text[:500]}")
+    Path(out).write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    return {"out": out, "grid": grid}
