@@ -91,3 +91,42 @@ def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
     assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2
     model = MedITokAR.from_pretrained(tmp_path / "run" / "adapter")
     assert hasattr(model.llm, "peft_config") and np.isfinite(log["losses"]).all()
+
+
+def test_deepspeed_launcher_two_ranks_trains_a_compact_model(assets, tmp_path):
+    """A plain LLM extended to the compact layout inside the launched job (rank 0 writes the base, the others wait),
+    LoRA + the input adapter and depth head trained by ZeRO-2 over two ranks, saved beside the adapter."""
+    from safetensors.torch import load_file
+
+    from meditok.ar.codes import write_code_shards
+    from meditok.ar.compact import COMPACT_WEIGHTS
+    from meditok.ar.model import MedITokAR
+
+    codes = assets["codes"].reshape(8, *assets["grid"]).numpy()
+    write_code_shards([(codes, {"source": f"x{i}", "caption": f"chest {i}"}) for i in range(2)], tmp_path / "codes")
+    config = {
+        "model": {"base": str(assets["llm_dir"]), "image_tokenizer": str(assets["image_tok_dir"]),
+                  "out": str(tmp_path / "run"), "layout": "compact"},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"codes": str(tmp_path / "codes")},
+        "train": {"steps": 2, "lr": 1e-2, "batch_size": 1, "log_every": 1},
+    }  # fmt: skip
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
+    port = str(random.Random(os.getpid() + 1).randint(29800, 29999))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(
+        [launcher, "--num_gpus", "2", "--master_port", port, meditok.ar.cli.__file__, "train", "--config",
+         str(tmp_path / "cfg.json")],
+        capture_output=True, text=True, env=env, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2 and np.isfinite(log["losses"]).all()
+    before = load_file(tmp_path / "run" / "base" / COMPACT_WEIGHTS)  # written once, by rank 0, at extension
+    after = load_file(tmp_path / "run" / "adapter" / COMPACT_WEIGHTS)
+    assert before.keys() == after.keys()
+    assert all(torch.isfinite(t).all() for t in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter / head were trained
+    model = MedITokAR.from_pretrained(tmp_path / "run" / "adapter")
+    assert model.layout.compact and hasattr(model.llm, "peft_config")
