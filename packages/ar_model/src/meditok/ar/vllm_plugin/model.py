@@ -1,6 +1,11 @@
-"""``MedITokARForCausalLM`` for vLLM 0.32: vLLM's class of the folder's base (Llama, whose class also loads Mistral
-checkpoints, or Qwen2; the extension keeps the HF weight names) plus the multimodal interface, so ``image_url`` parts become MedITok image blocks
-(see :mod:`meditok.ar.vllm_plugin.processing`) that the model embeds with its own token embedding table.
+"""``MedITokARForCausalLM`` for vLLM 0.32: a multimodal wrapper around vLLM's own class of the folder's base (Llama,
+whose class also loads Mistral checkpoints, or Qwen2), built as ``language_model`` the way vLLM's multimodal models
+build theirs, so ``image_url`` parts become MedITok image blocks (see :mod:`meditok.ar.vllm_plugin.processing`) that
+the model embeds with the base's own token embedding table.
+
+The merged folder keeps the base's plain HF weight names (``model.*``, ``lm_head.*``): ``hf_to_vllm_mapper`` moves
+them under ``language_model.``, and the base class then loads them as it loads a plain checkpoint: it fuses q/k/v and
+gate/up itself, and a tied ``lm_head`` (SmolLM2's) is one parameter with the embedding table, loaded once.
 
 A compact-layout folder (layout version 2) also holds its input adapter and depth head
 (:class:`meditok.ar.compact.CompactImageModules`, ``compact_image.safetensors``): the model builds them as a submodule
@@ -12,12 +17,13 @@ head is loaded (the file is checked whole) but vLLM cannot run it: vLLM generate
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
 from vllm.model_executor.models.interfaces import SupportsMultiModal
-from vllm.model_executor.models.llama import LlamaForCausalLM
-from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from meditok.ar.compact import COMPACT_WEIGHTS, CompactConfig, CompactImageModules
@@ -33,10 +39,16 @@ from meditok.ar.vllm_plugin.processing import (
 )
 
 COMPACT_MODULE = "compact_image"  # the compact modules' submodule, and the prefix of their weights
+LANGUAGE_MODEL = "language_model"  # the base model's submodule
 
-# Llama and Mistral share vLLM's Llama class (same HF weight names); Qwen2 (q/k/v biases) has its own.
-LLAMA_BASES = {"LlamaForCausalLM", "MistralForCausalLM"}
-SUPPORTED_BASES = LLAMA_BASES | {"Qwen2ForCausalLM"}
+# base_architecture -> the vLLM class built as language_model. Llama and Mistral share vLLM's Llama class (same HF
+# weight names); Qwen2 (q/k/v biases) has its own.
+VLLM_CLASS = {
+    "LlamaForCausalLM": "LlamaForCausalLM",
+    "MistralForCausalLM": "LlamaForCausalLM",
+    "Qwen2ForCausalLM": "Qwen2ForCausalLM",
+}
+SUPPORTED_BASES = set(VLLM_CLASS)
 
 
 def _base_of(vllm_config: Any) -> str:
@@ -50,14 +62,38 @@ def _base_of(vllm_config: Any) -> str:
     return base
 
 
-class _ImageBlocks:
-    """The multimodal part shared by every base: flat image blocks arrive as token ids and use the text embedding
-    table; compact ones as sub-codes that the input adapter embeds."""
+@MULTIMODAL_REGISTRY.register_processor(
+    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
+)
+class MedITokARForCausalLM(nn.Module, SupportsMultiModal):
+    """The architecture every merged MedITok-AR folder names (one registered name, so folders need no per-base
+    architecture string); ``language_model`` is vLLM's class for ``meditok_ar.base_architecture``. Flat image blocks
+    arrive as token ids and use the base's embedding table; compact ones as sub-codes that the input adapter
+    embeds."""
+
+    hf_to_vllm_mapper = WeightsMapper(
+        orig_to_new_prefix={"model.": f"{LANGUAGE_MODEL}.model.", "lm_head.": f"{LANGUAGE_MODEL}.lm_head."}
+    )
+    # Read from the class by vLLM's quantization set-up (fused layers) before any instance exists; both bases fuse
+    # the same projections.
+    packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        super().__init__()
+        base = _base_of(vllm_config)
         model_config = vllm_config.model_config
         hf_config = model_config.hf_config
+        with self._mark_language_model(vllm_config):
+            # through vLLM's registry rather than the class itself, so that vLLM still adapts the base to the
+            # runner it serves (as it does for its own multimodal models)
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config,
+                prefix=maybe_prefix(prefix, LANGUAGE_MODEL),
+                architectures=[VLLM_CLASS[base]],
+            )
         layout = layout_of(hf_config) if getattr(hf_config, CONFIG_KEY, None) else None
         self.compact_image: CompactImageModules | None = None
         if layout is not None and layout.compact:
@@ -65,6 +101,7 @@ class _ImageBlocks:
             self.compact_image = CompactImageModules.for_llm(settings, hf_config, layout)
             from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
+            # vLLM's loader reads these two attributes from the model it loads, i.e. this wrapper.
             self.secondary_weights = [
                 DefaultModelLoader.Source(
                     model_config.model,
@@ -84,59 +121,43 @@ class _ImageBlocks:
             return PLACEHOLDER
         raise ValueError(f"MedITok-AR accepts images only, not {modality!r}")
 
-    def get_language_model(self) -> torch.nn.Module:
-        return self.model
+    # SupportsMultiModal.embed_input_ids embeds the text through this before it scatters the image rows in
+    def get_language_model(self) -> nn.Module:
+        return self.language_model
 
     def embed_multimodal(self, **kwargs: Any) -> list[torch.Tensor]:
+        table = self.language_model.model.embed_tokens
         if self.compact_image is not None:
             codes = kwargs.get(CODES_FIELD)
             if codes is None:
                 return []
             rows = list(codes) if not isinstance(codes, torch.Tensor) else list(codes.unbind(0))
-            adapter, dtype = self.compact_image.adapter, self.model.embed_tokens.weight.dtype
-            device = self.model.embed_tokens.weight.device
+            adapter, dtype, device = self.compact_image.adapter, table.weight.dtype, table.weight.device
             return [adapter(row.to(device=device, dtype=torch.long)).to(dtype) for row in rows]  # [h*w, dim] each
         ids = kwargs.get(FIELD)
         if ids is None:
             return []
         rows = list(ids) if not isinstance(ids, torch.Tensor) else list(ids.unbind(0))
-        embed = self.model.embed_tokens
-        return [embed(row.to(device=embed.weight.device, dtype=torch.long).reshape(-1)) for row in rows]
+        return [table(row.to(device=table.weight.device, dtype=torch.long).reshape(-1)) for row in rows]
 
-    def load_weights(self, weights: Any) -> set[str]:
-        if self.compact_image is None:
-            return super().load_weights(weights)
-        own = self.is_unused_checkpoint_weight
-        # the compact file's unprefixed names, should the primary source still yield them (the shard filter keeps
-        # every file when none is unused)
-        return super().load_weights((name, tensor) for name, tensor in weights if not own(name))
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> Any:
+        # the images are already in inputs_embeds (embed_multimodal, then embed_input_ids): kwargs holds nothing used
+        return self.language_model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
-    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings: Any = None, *,
-                        is_multimodal: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        # the bases' one-argument version would come first otherwise; the multimodal one scatters the image rows
-        return SupportsMultiModal.embed_input_ids(self, input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
 
-
-@MULTIMODAL_REGISTRY.register_processor(
-    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
-)
-class MedITokARQwen2ForCausalLM(_ImageBlocks, Qwen2ForCausalLM, SupportsMultiModal):
-    """What :class:`MedITokARForCausalLM` builds for a Qwen2 base."""
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    MedITokMultiModalProcessor, info=MedITokProcessingInfo, dummy_inputs=MedITokDummyInputsBuilder
-)
-class MedITokARForCausalLM(_ImageBlocks, LlamaForCausalLM, SupportsMultiModal):
-    """The architecture every merged MedITok-AR folder names; vLLM's class for ``meditok_ar.base_architecture`` does
-    the work (one registered name, so folders need no per-base architecture string)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
-        if cls is MedITokARForCausalLM and vllm_config is not None and _base_of(vllm_config) not in LLAMA_BASES:
-            return MedITokARQwen2ForCausalLM(*args, **kwargs)  # not an instance of cls: Python skips cls.__init__
-        return super().__new__(cls)
-
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        _base_of(vllm_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        if self.compact_image is not None:
+            own = self.is_unused_checkpoint_weight
+            # the compact file's unprefixed names, should the primary source still yield them (the shard filter keeps
+            # every file when none is unused)
+            weights = ((name, tensor) for name, tensor in weights if not own(name))
+        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
