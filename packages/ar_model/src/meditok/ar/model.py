@@ -29,7 +29,8 @@ from meditok.ar.layout import (
     position_codes,
 )
 
-# Families whose HF classes and vLLM 0.32 classes share weights names; the plugin subclasses the vLLM class.
+# Families whose HF classes and vLLM 0.32 classes share weight names; the plugin builds the vLLM class as its language
+# model and maps the folder's names onto it.
 SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -12,8 +12,9 @@ A compact-layout folder (layout version 2) also holds its input adapter and dept
 (``compact_image``) and loads that file as a second weight source (``secondary_weights``, vLLM's mechanism for a head
 shipped in its own file); ``embed_multimodal`` then turns each image's sub-codes into its ``<img_pos>`` embeddings
 with the adapter, and vLLM's ordinary merge (``SupportsMultiModal.embed_input_ids``) puts them in place. The depth
-head is loaded (the file is checked whole) but vLLM cannot run it: vLLM generates one token per step (README,
-"Compact models in vLLM"), so a compact model is served for understanding only."""
+head is loaded (the file is checked whole) but vLLM's engine cannot run it: vLLM generates one token per step (README,
+"Compact models in vLLM"), so the engine serves a compact model's understanding and the images endpoint generates its
+images with the transformers path (:mod:`meditok.ar.vllm_plugin.endpoint`)."""
 
 from __future__ import annotations
 
