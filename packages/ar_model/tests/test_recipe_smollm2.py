@@ -75,12 +75,14 @@ def _key(row: dict) -> str:
 def test_the_artefacts_load_and_fine_tuning_lowers_the_training_loss(recipe_run, smollm2_dir):
     from meditok.ar.codes import load_code_table
     from meditok.ar.model import MedITokAR
+    from meditok.ar.pretokenize import augmented_key
     from meditok.tokenizer import MedITok
 
     tokenizer = MedITok.from_pretrained(recipe_run / "tokenizer")
     assert tokenizer.image_input.size == 32  # the recipe's --quick side, recorded by `meditok export --image-size`
     table = load_code_table(recipe_run / "codes")
-    assert set(table) == {_key(r) for r in _read_jsonl(recipe_run / "split" / "all.jsonl")}
+    rows = _read_jsonl(recipe_run / "split" / "all.jsonl")  # each image and its --quick augmented view
+    assert set(table) == {augmented_key(_key(r), view) for r in rows for view in (0, 1)}
     assert all(tuple(entry["grid"]) == (2, 2) for entry in table.values())
 
     merged = MedITokAR.from_pretrained(recipe_run / "merged")
