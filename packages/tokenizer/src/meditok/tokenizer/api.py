@@ -138,7 +138,9 @@ class MedITok(MedITokModel):
         to fp32's, its decode of fp32's codes 44-45 dB PSNR from fp32's. ``decoder_dtype=torch.bfloat16`` (fp32
         encoder) keeps every code identical and decodes 3.5-4.0x faster at the same 44-45 dB: encode + decode
         2.0-2.1x faster. ``quantize="int8"`` encodes 1.6-2.5x / decodes 1.25-1.6x faster with 81-83 % identical codes
-        (decode 33-34 dB). Only the bf16 decoder meets "1.5x faster with >= 99 % identical codes"; seeded weights
+        (decode 33-34 dB). ``dtype=torch.float16`` keeps 99.3 % of codes but is no faster than fp32 on a CPU without
+        AMX-FP16 (equal CPU seconds, measured on AVX512-FP16). Only the bf16 decoder meets "1.5x faster with >= 99 %
+        identical codes" (for decoding and round trips; encoding alone has no such path here); seeded weights
         are not the published ones, so measure yours (`benchmarks/tokenizer_precision.py --model ...`) before
         encoding in bf16 or int8. Without AMX / AVX512-BF16 a CPU emulates bf16 and it is slower than fp32.
         """
