@@ -14,22 +14,23 @@ in OUT/cost.json, and skips it when its output already exists (rerun after an in
 
     meditok-ar import-gguf -o OUT/base-llm                                              # SmolLM2, GGUF -> HF folder
     meditok-data samples -o OUT/samples --dermoscopy-limit 96 --slices-per-volume 24 --frames-per-clip 8
-    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split --modality-questions 96 --captions 32 --generations 16
+    python packages/ar_model/recipes/smollm2/records.py OUT/samples/manifest.jsonl -o OUT/split --modality-questions 96 --captions 32 --generations 16 --views 4
     meditok-data shard OUT/split/train.jsonl -o OUT/shards --shard-size 32 --max-side 160
     python -c "from meditok.tokenizer.training.testing import make_standins; make_standins('OUT/aux')"
     python packages/tokenizer/train.py --config packages/ar_model/recipes/smollm2/tokenizer.yaml data.source=...
     meditok export OUT/tokenizer-run/checkpoints OUT/tokenizer --image-size 64
-    meditok-ar pretokenize OUT/split/all.jsonl -o OUT/codes --tokenizer OUT/tokenizer
+    meditok-ar pretokenize OUT/split/all.jsonl -o OUT/codes --tokenizer OUT/tokenizer --augment 3
     meditok-ar train --config packages/ar_model/recipes/smollm2/ar.yaml model.base=OUT/base-llm ...
     meditok-ar merge OUT/ar/adapter -o OUT/merged
     python packages/ar_model/recipes/smollm2/evaluate.py OUT                           # results.md/json, PNGs
 
-Measured cost (2026-12-01, 2 vCPUs, OMP_NUM_THREADS=1, other jobs running): 31 min end to end: import 36 s, samples /
-split / shard / stand-ins 14 s, tokenizer 225 s (1200 steps at 64 px), export + pretokenize 15 s, LoRA fine-tune
-1240 s (160 steps), merge 15 s, evaluate 294 s; peak RSS 5.2 GB. --quick: about 6 min (with the import, under load).
-The tokenizer trains on the train split only, so held-out images are new to every part of the model. Results
-(held-out modality accuracy 0.75, target 0.8 not met; perplexity ratio 0.99; generation near chance) and every stage's
-numbers: BENCHMARKS.md, "SmolLM2 recipe".
+Measured cost (2026-12-01, 2 vCPUs, OMP_NUM_THREADS=1, other jobs running, load average 3-5): 39 min end to end:
+import 29 s, samples / split / shard / stand-ins 10 s, tokenizer 170 s (1200 steps at 64 px), export + pretokenize
+(each image and 3 augmented views) 15 s, LoRA fine-tune 1519 s (160 steps), merge 23 s, evaluate 593 s; peak RSS
+5.1 GB; the previous recipe's run on a less loaded machine took 31 min. --quick: about 6 min (with the import, under
+load). The tokenizer trains on the train split only, so held-out images are new to every part of the model. Results
+(held-out modality accuracy 0.82 in that run, target 0.8; other runs of its AR stages 0.74-0.75; perplexity ratio
+0.99; generation near chance) and every stage's numbers: BENCHMARKS.md, "SmolLM2 recipe".
 """
 
 from __future__ import annotations
