@@ -4,6 +4,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,23 @@ def test_pretokenize_adds_seeded_augmented_views_beside_each_unchanged_image(ass
     assert any(not torch.equal(runs["other_seed"][k]["codes"], augmented[k]["codes"]) for k in augmented)
 
 
+def _train_on_two_deepspeed_ranks(config: dict, tmp_path, port_seed: int) -> dict:
+    """`meditok-ar train` under the deepspeed launcher, two CPU ranks; returns the train log after checking it ran."""
+    (tmp_path / "cfg.json").write_text(json.dumps(config))  # YAML is a superset of JSON
+    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
+    port = str(random.Random(os.getpid() + port_seed).randint(29800, 29999))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(
+        [launcher, "--num_gpus", "2", "--master_port", port, meditok.ar.cli.__file__, "train", "--config",
+         str(tmp_path / "cfg.json")],
+        capture_output=True, text=True, env=env, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = json.loads((Path(config["model"]["out"]) / "train_log.json").read_text())
+    assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2
+    return log
+
+
 def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
     from meditok.ar.codes import write_code_shards
     from meditok.ar.model import MedITokAR
@@ -77,18 +95,7 @@ def test_deepspeed_launcher_two_ranks(assets, extended_dir, tmp_path):
         "data": {"codes": str(tmp_path / "codes")},
         "train": {"steps": 2, "lr": 1e-3, "batch_size": 1, "log_every": 1},
     }
-    (tmp_path / "cfg.json").write_text(json.dumps(config))  # YAML is a superset of JSON
-    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
-    port = str(random.Random(os.getpid()).randint(29800, 29999))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run(
-        [launcher, "--num_gpus", "2", "--master_port", port, meditok.ar.cli.__file__, "train", "--config",
-         str(tmp_path / "cfg.json")],
-        capture_output=True, text=True, env=env, timeout=400,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
-    assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2
+    log = _train_on_two_deepspeed_ranks(config, tmp_path, port_seed=0)
     model = MedITokAR.from_pretrained(tmp_path / "run" / "adapter")
     assert hasattr(model.llm, "peft_config") and np.isfinite(log["losses"]).all()
 
@@ -111,18 +118,8 @@ def test_deepspeed_launcher_two_ranks_trains_a_compact_model(assets, tmp_path):
         "data": {"codes": str(tmp_path / "codes")},
         "train": {"steps": 2, "lr": 1e-2, "batch_size": 1, "log_every": 1},
     }  # fmt: skip
-    (tmp_path / "cfg.json").write_text(json.dumps(config))
-    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
-    port = str(random.Random(os.getpid() + 1).randint(29800, 29999))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run(
-        [launcher, "--num_gpus", "2", "--master_port", port, meditok.ar.cli.__file__, "train", "--config",
-         str(tmp_path / "cfg.json")],
-        capture_output=True, text=True, env=env, timeout=400,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
-    assert log["world_size"] == 2 and log["deepspeed"] and len(log["losses"]) == 2 and np.isfinite(log["losses"]).all()
+    log = _train_on_two_deepspeed_ranks(config, tmp_path, port_seed=1)
+    assert np.isfinite(log["losses"]).all()
     before = load_file(tmp_path / "run" / "base" / COMPACT_WEIGHTS)  # written once, by rank 0, at extension
     after = load_file(tmp_path / "run" / "adapter" / COMPACT_WEIGHTS)
     assert before.keys() == after.keys()
