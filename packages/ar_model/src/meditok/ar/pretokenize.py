@@ -102,8 +102,8 @@ def pretokenize(manifest: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         if progress:
             print(f"rank {rank}: chunk {chunk + 1}/{n_chunks}", flush=True)
     complete = _write_index_if_complete(out, n_chunks)
-    return {"rows": len(rows), "views_per_row": augment + 1, "chunks": n_chunks, "chunks_done_by_rank": done, "new_chunks": new_chunks,
-            "skipped_rows": skipped_rows, "complete": complete}  # fmt: skip
+    return {"rows": len(rows), "views_per_row": augment + 1, "chunks": n_chunks, "chunks_done_by_rank": done,
+            "new_chunks": new_chunks, "skipped_rows": skipped_rows, "complete": complete}  # fmt: skip
 
 
 def _write_index_if_complete(out: Path, n_chunks: int) -> bool:

@@ -94,6 +94,11 @@ class TrainSection:
     loss_average: str = "token"
 
 
+# Checked twice: from the config before anything loads (model.layout), and once the base is loaded (a compact base
+# folder given without model.layout).
+SEQUENCE_AVERAGE_FLAT_ONLY = "train.loss_average=sequence is implemented for the flat layout only"
+
+
 def lr_factor(step: int, steps: int, warmup: float, end_ratio: float) -> float:
     """Multiplier of the base rates at ``step`` (0-based): linear warmup, then cosine to ``end_ratio``."""
     warm = int(round(warmup * steps))
@@ -130,7 +135,7 @@ class ARTrainConfig:
         if tr.loss_average not in ("token", "sequence"):
             raise ValueError(f"train.loss_average must be token or sequence, got {tr.loss_average!r}")
         if tr.loss_average == "sequence" and self.model.layout == "compact":
-            raise ValueError("train.loss_average=sequence is implemented for the flat layout only")
+            raise ValueError(SEQUENCE_AVERAGE_FLAT_ONLY)
         for key in ("lr", "token_lr"):
             value = getattr(tr, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -243,7 +248,7 @@ def train(config: str | os.PathLike | dict[str, Any] | ARTrainConfig, overrides:
     torch.manual_seed(tr.seed)
     model = prepare_model(cfg, rank)
     if tr.loss_average == "sequence" and model.layout.compact:  # a compact base named by its folder, not model.layout
-        raise ValueError("train.loss_average=sequence is implemented for the flat layout only")
+        raise ValueError(SEQUENCE_AVERAGE_FLAT_ONLY)
     llm = model.training_module()  # the LLM, or (compact layout) the LLM with its input adapter and depth head
     llm.train()
     sampler = RecordSampler(model.builder, build_records(data), data.cond_dropout, tr.seed, rank, world)

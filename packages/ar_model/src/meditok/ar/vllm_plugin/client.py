@@ -94,14 +94,15 @@ def generate_image_via_server(server: str, model_dir: str, prompt: str, size: tu
     grid = (height // PATCH_SIZE, width // PATCH_SIZE)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     layout = TokenLayout.from_config(config)
+    if layout.compact:  # vLLM's engine cannot run the depth head: the images endpoint runs the transformers path
+        return _compact_image_via_endpoint(server.rstrip("/"), prompt, size, grid, out, timeout,
+                                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                           cfg_scale=cfg_scale)  # fmt: skip
     builder = sequence_builder(layout, AutoTokenizer.from_pretrained(model_dir))
     prompt_ids = builder.generation_prompt(prompt, grid)  # ends with <boi> <h> <w>: the server writes codes + <eoi>
     base = server.rstrip("/")
     models = requests.get(f"{base}/v1/models", timeout=30)
     models.raise_for_status()
-    if layout.compact:  # vLLM's engine cannot run the depth head: the images endpoint runs the transformers path
-        return _compact_image_via_endpoint(base, prompt, size, grid, out, timeout, temperature=temperature,
-                                           top_k=top_k, top_p=top_p, seed=seed, cfg_scale=cfg_scale)  # fmt: skip
     n_codes = layout.num_codebooks * grid[0] * grid[1]
     xargs: dict[str, Any] = {"image_height": height, "image_width": width}
     body: dict[str, Any] = {
