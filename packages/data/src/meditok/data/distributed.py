@@ -27,13 +27,24 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _free_local_port() -> int:
+    """A port the OS reports free on 127.0.0.1 (a pid-derived port could be one another process already listens on)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def start_deepspeed() -> tuple[int, int, torch.device]:
     """Initialise DeepSpeed's process group (NCCL on GPUs, gloo on the CPU); returns (rank, world size, device).
 
     A plain ``python`` run becomes a world of one (without this DeepSpeed would want mpi4py to find its peers)."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    for key, value in {**defaults, "MASTER_PORT": str(29500 + os.getpid() % 1000)}.items():
+    for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:  # a world of one: no peer has to agree on it, so any free port will do
+        os.environ["MASTER_PORT"] = str(_free_local_port())
     cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     import deepspeed
